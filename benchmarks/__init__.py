@@ -1,0 +1,1 @@
+"""Speed tables (python -m benchmarks.bench_x [--quick])."""

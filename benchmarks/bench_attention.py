@@ -1,0 +1,133 @@
+"""patch_attention speed: reference vs XLA path vs Pallas kernel, same process.
+
+  python -m benchmarks.bench_attention                 # production-like sizes
+  python -m benchmarks.bench_attention --quick         # fewer, smaller sizes (< 1 min)
+  python -m benchmarks.bench_attention --sweep-blocks  # GPU: also time Pallas block sizes
+
+Shapes are [P patches, H heads, L = 1024, D = 16] (PTv3 patch attention). Random inputs with
+~10% padded keys per patch. Model FLOPs: forward 4*P*H*L*L*D (two matmuls); forward+backward
+3x that (backward: dV, dP, dQ, dK; recomputation not counted). "% mm" divides achieved
+GFLOP/s by a plain jnp matmul's GFLOP/s in the same dtype, measured in this process.
+Pallas runs only on a GPU (interpret mode is a correctness tool, not a speed path).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import dispatch
+from kernels import patch_attention as pa
+
+_PATCH_LEN, _HEAD_DIM = 1024, 16
+_SIZES = {  # (gpu, quick) -> [(P, H)]
+    (False, False): [(16, 4), (16, 8)],
+    (False, True): [(4, 4)],
+    (True, False): [(16, 4), (64, 8), (80, 32)],
+    (True, True): [(16, 4), (80, 8)],
+}
+_SWEEP = [pa.BlockSizes(bq, bk, bq_bwd, bk_bwd, num_warps=warps)
+          for bq, bk in ((64, 64), (128, 64), (128, 128))
+          for bq_bwd, bk_bwd in ((32, 32), (64, 64), (64, 128), (128, 64))
+          for warps in (4, 8)]
+
+
+def median_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # Compile and warm up.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_gflops(dtype, repeats: int) -> float:
+  """GFLOP/s of a square jnp matmul (4096 on a GPU, 1024 on a CPU)."""
+  n = 4096 if dispatch.on_gpu() else 1024
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  matmul = jax.jit(jnp.matmul)
+  return 2 * n**3 / median_seconds(lambda: matmul(a, a), repeats) / 1e9
+
+
+def make_inputs(num_patches, num_heads, dtype):
+  keys = jax.random.split(jax.random.key(1), 4)
+  shape = (num_patches, num_heads, _PATCH_LEN, _HEAD_DIM)
+  q, k, v = (jax.random.normal(key, shape, dtype) for key in keys[:3])
+  num_valid = jax.random.randint(keys[3], (num_patches, 1), _PATCH_LEN * 8 // 10, _PATCH_LEN + 1)
+  return q, k, v, jnp.arange(_PATCH_LEN)[None, :] < num_valid
+
+
+def time_attention(attention, inputs, repeats):
+  """Median seconds of the forward and of forward+backward (grads of q, k, v)."""
+  q, k, v, key_valid = inputs
+  forward = jax.jit(lambda q, k, v: attention(q, k, v, key_valid))
+  grads = jax.jit(jax.grad(
+      lambda q, k, v: jnp.sum(attention(q, k, v, key_valid).astype(jnp.float32)),
+      argnums=(0, 1, 2)))
+  return (median_seconds(lambda: forward(q, k, v), repeats),
+          median_seconds(lambda: grads(q, k, v), repeats))
+
+
+def impls():
+  named = {name: (lambda q, k, v, m, name=name: pa.patch_attention(q, k, v, m, impl=name))
+           for name in ("reference", "xla")}
+  if dispatch.on_gpu():
+    named["pallas"] = lambda q, k, v, m: pa.patch_attention(q, k, v, m, impl="pallas")
+  return named
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="fewer, smaller sizes; 3 repeats")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--sweep-blocks", action="store_true",
+                      help="GPU only: time Pallas BlockSizes candidates at the largest size")
+  args = parser.parse_args()
+  gpu = dispatch.on_gpu()
+  repeats = 3 if args.quick else args.repeats
+  dtypes = (jnp.float32, jnp.bfloat16) if gpu else (jnp.float32,)
+  peak = {dtype: matmul_gflops(dtype, repeats) for dtype in dtypes}
+
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); L={_PATCH_LEN}, "
+        f"D={_HEAD_DIM}, median of {repeats}; matmul peak: "
+        + ", ".join(f"{jnp.dtype(d).name} {g:.0f} GFLOP/s" for d, g in peak.items()))
+  print("| dtype | P x H | impl | fwd ms | fwd GFLOP/s | fwd % mm | fwd vs ref "
+        "| fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd % mm | fwd+bwd vs ref |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for dtype in dtypes:
+    for num_patches, num_heads in _SIZES[(gpu, args.quick)]:
+      inputs = make_inputs(num_patches, num_heads, dtype)
+      flops = 4 * num_patches * num_heads * _PATCH_LEN**2 * _HEAD_DIM
+      baseline = None
+      for name, attention in impls().items():
+        fwd_s, grad_s = time_attention(attention, inputs, repeats)
+        baseline = baseline or (fwd_s, grad_s)
+        cells = []
+        for seconds, work, base in ((fwd_s, flops, baseline[0]), (grad_s, 3 * flops, baseline[1])):
+          gflops = work / seconds / 1e9
+          cells += [f"{seconds * 1e3:.2f}", f"{gflops:.0f}", f"{100 * gflops / peak[dtype]:.1f}",
+                    f"{base / seconds:.2f}x"]
+        print(f"| {jnp.dtype(dtype).name} | {num_patches} x {num_heads} | {name} | "
+              + " | ".join(cells) + " |", flush=True)
+
+  if args.sweep_blocks and gpu:
+    num_patches, num_heads = _SIZES[(gpu, args.quick)][-1]
+    print(f"\nPallas block sizes at P x H = {num_patches} x {num_heads}, bfloat16:")
+    print("| block_q | block_k | block_q_bwd | block_k_bwd | warps | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|---|---|---|---|")
+    inputs = make_inputs(num_patches, num_heads, jnp.bfloat16)
+    for blocks in _SWEEP:
+      attention = lambda q, k, v, m, b=blocks: pa.flash_patch_attention(
+          q, k, v, m, scale=_HEAD_DIM**-0.5, block_sizes=b)
+      fwd_s, grad_s = time_attention(attention, inputs, repeats)
+      print(f"| {blocks.block_q} | {blocks.block_k} | {blocks.block_q_bwd} | "
+            f"{blocks.block_k_bwd} | {blocks.num_warps} | {fwd_s * 1e3:.3f} | "
+            f"{grad_s * 1e3:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,48 @@
+"""Fields shared by the probing configs (ptv3_ssl_spec.md §4.7, §7.3)."""
+from __future__ import annotations
+
+import ml_collections
+
+MODES = ("linear", "decoder", "finetune")
+TASKS = ("semseg", "insseg", "panseg")
+
+
+def split_variant(variant: str):
+  """'linear_insseg' -> ('linear', 'insseg')."""
+  try:
+    mode, task = variant.split("_")
+  except ValueError:
+    mode, task = "", ""
+  if mode not in MODES or task not in TASKS:
+    raise ValueError(f"probe variant {variant!r}: use MODE_TASK with MODE in {MODES} and TASK "
+                     f"in {TASKS}, e.g. configs/probe_indoor.py:linear_insseg.")
+  return mode, task
+
+
+def probe_config(kind: str, variant: str) -> ml_collections.ConfigDict:
+  from pointins_jax.data.config import data_config  # pylint: disable=import-outside-toplevel
+  mode, task = split_variant(variant)
+  indoor = kind == "indoor"
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.mode = mode
+  config.task = task
+  config.pretrained = ""  # an export/ folder of experiments.pretrain; "" = random init
+  config.pretrained_pointcept = ""  # a Pointcept/Sonata .pth (needs torch) instead
+  config.data = data_config(kind)
+  config.data.label_fraction = 1.0  # Table 7: fraction of labelled training scenes
+  config.model_variant = "tiny"  # used only without a pretrained export
+  config.num_classes = 20 if indoor else 19
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=2e-3, weight_decay=0.05 if task == "insseg" else 0.02, warmup_ratio=0.05,
+      clip_norm=3.0, encoder_lr_scale=0.1))
+  config.grouping = ml_collections.ConfigDict(dict(
+      radius=0.03 if indoor else 0.075,  # Pointcept: 1.5 voxels of 2 cm / 5 cm
+      k_neighbors=64, min_points=100 if indoor else 50))
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=8, total_steps=2000, log_every=20, checkpoint_every=500, keep_checkpoints=2,
+      tensorboard=True, progress_bar=True, eval_every=0, num_eval_scenes=-1,
+      num_figures=3))
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address="", num_processes=-1, process_id=-1))
+  return config

@@ -1,0 +1,208 @@
+"""Scores saved per-scene predictions against Pointcept-layout ground truth, without a model.
+
+  python -m experiments.evaluate --pred PRED_DIR --gt DATASET_DIR/val --task insseg \
+      --dataset scannet [--output result.json]
+
+Ground truth: every sub-folder `DATASET_DIR/<scene>/` holds `segment.npy` (ScanNet:
+`segment20.npy`, ScanNet200: `segment200.npy`) int [N] class ids (-1 = ignore) and
+`instance.npy` int [N] instance ids (-1 = none), as written by `pointins_jax.data.pointcept_io`.
+
+Predictions: one `PRED_DIR/<scene>.npz` per GT scene (`np.savez`), over the same N points in
+the same order:
+* semseg: `segment` int32 [N] predicted class (-1 = no prediction, counted as a miss).
+* insseg: `masks` bool [M, N], `classes` int32 [M], `scores` float32 [M]; or instead of
+  `masks`, `instance` int32 [N] (-1 = none) with `classes` / `scores` given per distinct id
+  in ascending order.
+* panseg: `segment` int32 [N] and `instance` int32 [N] (-1 = none; ignored on stuff classes).
+* unsupervised (class-agnostic, PointINS Table 13): `instance` int32 [N], optional `scores`
+  float32 [M] per instance with >= 100 points in ascending id order (default: size).
+
+Protocols: `pointins_jax.metrics` (ScanNet instance AP with the 18 thing classes of ScanNet-20,
+all 13 for S3DIS; SemanticKITTI PQ with min 50 points, Panoptic nuScenes with 15). Prints a
+per-class Markdown table and the summary; `--output` also writes the numbers as JSON. A
+missing prediction file, a point-count mismatch or an out-of-range label stops the run with an
+error naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pointins_jax.metrics import instance, panoptic, report, semantic, unsupervised
+
+TASKS = ("semseg", "insseg", "panseg", "unsupervised")
+DATASETS = ("scannet", "scannet200", "s3dis", "semantickitti", "nuscenes", "synthetic-indoor",
+            "synthetic-outdoor")
+SEGMENT_FILE = {"scannet": "segment20.npy", "scannet200": "segment200.npy"}
+PANOPTIC_MIN_POINTS = {"nuscenes": 15}  # Panoptic nuScenes `--min_inst_points` default
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """What scoring a dataset needs: class ids 0..C-1 and the evaluation-specific sets."""
+  class_names: tuple[str, ...]
+  thing_classes: tuple[int, ...]  # panoptic things; instance AP evaluates these
+  instance_classes: tuple[int, ...]
+  segment_file: str = "segment.npy"
+  panoptic_min_points: int = panoptic.MIN_POINTS
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def protocol_for(dataset: str) -> Protocol:
+  """The protocol of a dataset, from `pointins_jax.data.labels.dataset_info`."""
+  from pointins_jax.data import labels  # pylint: disable=import-outside-toplevel
+  info = labels.dataset_info(dataset)
+  things = tuple(int(c) for c in info.thing_classes)
+  # Pointcept's S3DIS instance evaluation scores all 13 classes, structural ones included.
+  instance_classes = tuple(range(info.num_classes)) if dataset == "s3dis" else things
+  return Protocol(class_names=tuple(info.names), thing_classes=things,
+                  instance_classes=instance_classes,
+                  segment_file=SEGMENT_FILE.get(dataset, "segment.npy"),
+                  panoptic_min_points=PANOPTIC_MIN_POINTS.get(dataset, panoptic.MIN_POINTS))
+
+
+def _load_npy(path: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: missing ground-truth file (Pointcept layout "
+                            "DATASET_DIR/<scene>/{segment*.npy, instance.npy}).")
+  return np.load(path).reshape(-1)
+
+
+def read_ground_truth(folder: str, protocol: Protocol, task: str):
+  """(segment int64 [N] or None, instance int64 [N] or None), checked."""
+  segment = instance_ids = None
+  if task != "unsupervised":
+    path = os.path.join(folder, protocol.segment_file)
+    segment = semantic.check_labels(path, _load_npy(path), num_classes=protocol.num_classes)
+  if task != "semseg":
+    path = os.path.join(folder, "instance.npy")
+    num_points = None if segment is None else segment.shape[0]
+    instance_ids = semantic.check_labels(path, _load_npy(path), num_points)
+  return segment, instance_ids
+
+
+def _array(prediction, path: str, key: str) -> np.ndarray:
+  if key not in prediction:
+    raise KeyError(f"{path}: missing array {key!r} (has {sorted(prediction.files)}); see "
+                   "`python -m experiments.evaluate --help` for the prediction format.")
+  return prediction[key]
+
+
+def scene_names(gt_dir: str) -> list[str]:
+  if not os.path.isdir(gt_dir):
+    raise FileNotFoundError(f"--gt {gt_dir}: no such directory.")
+  names = sorted(d for d in os.listdir(gt_dir) if os.path.isdir(os.path.join(gt_dir, d)))
+  if not names:
+    raise FileNotFoundError(f"--gt {gt_dir}: no scene folders (expected DATASET_DIR/<scene>/).")
+  return names
+
+
+def evaluate(pred_dir: str, gt_dir: str, task: str, protocol: Protocol) -> dict:
+  """Scores every scene of `gt_dir`; returns the metric's result dict."""
+  names = scene_names(gt_dir)
+  missing = [n for n in names if not os.path.isfile(os.path.join(pred_dir, n + ".npz"))]
+  if missing:
+    raise FileNotFoundError(f"--pred {pred_dir}: no prediction for {len(missing)} of "
+                            f"{len(names)} scenes, e.g. {os.path.join(pred_dir, missing[0])}.npz")
+  num_classes = protocol.num_classes
+  confusion = np.zeros((num_classes, num_classes + 1), np.int64)
+  ignore = [c for c in range(num_classes) if c not in protocol.instance_classes]
+  evaluator = {
+      "insseg": lambda: instance.InstanceAPEvaluator(num_classes, ignore, protocol.class_names),
+      "panseg": lambda: panoptic.PanopticEvaluator(num_classes, protocol.thing_classes,
+                                                   protocol.class_names,
+                                                   protocol.panoptic_min_points),
+      "unsupervised": unsupervised.UnsupervisedAPEvaluator,
+      "semseg": lambda: None,
+  }[task]()
+  for name in names:
+    gt_segment, gt_instance = read_ground_truth(os.path.join(gt_dir, name), protocol, task)
+    path = os.path.join(pred_dir, name + ".npz")
+    num_points = (gt_segment if gt_segment is not None else gt_instance).shape[0]
+    with np.load(path) as prediction:
+      if task == "semseg":
+        pred = semantic.check_labels(f"{path}: segment", _array(prediction, path, "segment"),
+                                     num_points, num_classes)
+        confusion += semantic.confusion_matrix(gt_segment, pred, num_classes)
+      elif task == "insseg":
+        if "masks" in prediction:
+          masks = _array(prediction, path, "masks")
+        else:
+          ids = semantic.check_labels(f"{path}: instance", _array(prediction, path, "instance"),
+                                      num_points)
+          masks, _ = instance.masks_from_instance(ids)
+        evaluator.add_scene(gt_segment, gt_instance, masks, _array(prediction, path, "classes"),
+                            _array(prediction, path, "scores"), name=path)
+      elif task == "panseg":
+        evaluator.add_scene(gt_segment, gt_instance, _array(prediction, path, "segment"),
+                            _array(prediction, path, "instance"), name=path)
+      else:
+        ids = semantic.check_labels(f"{path}: instance", _array(prediction, path, "instance"),
+                                    num_points)
+        scores = prediction["scores"] if "scores" in prediction else None
+        try:
+          evaluator.add_scene(gt_instance, ids, scores)
+        except ValueError as error:
+          raise ValueError(f"{path}: {error}") from error
+  if task == "semseg":
+    return semantic.iou_from_confusion(confusion, protocol.class_names)
+  return evaluator.result()
+
+
+def format_report(result: dict, task: str) -> str:
+  """A per-class table (where the task has classes) and the summary line."""
+  if task == "semseg":
+    table = report.per_class_table(result["classes"], summary={"IoU": result["mIoU"],
+                                                               "Acc": result["mAcc"]})
+    return f"{table}\n\nmIoU {result['mIoU']:.4f}  mAcc {result['mAcc']:.4f}  " \
+           f"allAcc {result['allAcc']:.4f}"
+  if task == "insseg":
+    table = report.per_class_table(result["classes"], summary={
+        "AP": result["mAP"], "AP50": result["AP50"], "AP25": result["AP25"]})
+    return f"{table}\n\nmAP {result['mAP']:.4f}  AP50 {result['AP50']:.4f}  " \
+           f"AP25 {result['AP25']:.4f}"
+  if task == "panseg":
+    table = report.per_class_table(result["classes"], summary={
+        "PQ": result["PQ"], "SQ": result["SQ"], "RQ": result["RQ"], "IoU": result["mIoU"]})
+    groups = "  ".join(f"{key} {result[key]:.4f}" for key in (
+        "PQ", "SQ", "RQ", "PQ_things", "SQ_things", "RQ_things", "PQ_stuff", "SQ_stuff",
+        "RQ_stuff", "PQ_dagger", "mIoU"))
+    return f"{table}\n\n{groups}"
+  return f"mAP {result['mAP']:.4f}  AP50 {result['AP50']:.4f}  AP25 {result['AP25']:.4f}"
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--pred", required=True, help="folder of <scene>.npz predictions")
+  parser.add_argument("--gt", required=True, help="folder of Pointcept <scene>/ folders")
+  parser.add_argument("--task", required=True, choices=TASKS)
+  parser.add_argument("--dataset", default="scannet", choices=DATASETS)
+  parser.add_argument("--output", help="also write the results to this JSON file")
+  args = parser.parse_args(argv)
+  result = evaluate(args.pred, args.gt, args.task, protocol_for(args.dataset))
+  print(format_report(result, args.task))
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(_jsonable(result), f, indent=2, allow_nan=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()

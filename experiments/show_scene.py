@@ -1,0 +1,58 @@
+"""Renders one Pointcept scene folder to a PNG (matplotlib) or an HTML (plotly) file.
+
+  python -m experiments.show_scene SCENE_DIR --color {rgb,semantic,instance} --out scene.png
+  python -m experiments.show_scene SCENE_DIR --color semantic --out scene.html
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pointins_jax.data import labels, pointcept_io, visualize
+from pointins_jax.data.scene import SceneError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("scene_dir")
+  parser.add_argument("--color", choices=("rgb", "semantic", "instance"), default="rgb")
+  parser.add_argument("--dataset", choices=labels.DATASET_NAMES, default=None,
+                      help="names the classes in the legend (default: inferred, ScanNet-20 "
+                           "for indoor scenes, SemanticKITTI-19 for LiDAR sweeps)")
+  parser.add_argument("--out", required=True, help="output .png or .html")
+  args = parser.parse_args(argv)
+  extension = os.path.splitext(args.out)[1].lower()
+  try:
+    if extension not in (".png", ".html"):
+      raise ValueError(f"--out {args.out}: use a .png or .html file name.")
+    scene = pointcept_io.read_scene(args.scene_dir, args.dataset)
+    dataset = args.dataset or ("synthetic-indoor" if scene.color is not None
+                               else "synthetic-outdoor")
+    names = labels.dataset_info(dataset).names
+    colors = visualize.scene_colors(scene, args.color)
+    legend, hover = None, None
+    if args.color == "semantic":
+      present = np.unique(scene.segment)
+      legend = {("ignore" if c < 0 else names[c] if c < len(names) else str(c)):
+                visualize.label_colors(np.array([c]))[0] for c in present}
+      hover = [("ignore" if c < 0 else names[c]) for c in scene.segment]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    title = f"{scene.name} ({args.color})"
+    if extension == ".png":
+      figure = visualize.plot_scene(scene.coord, colors, legend=legend, title=title)
+      figure.savefig(args.out, dpi=120)
+    else:
+      visualize.scene_figure_plotly(scene.coord, colors, hover, title).write_html(args.out)
+  except (SceneError, ValueError, OSError) as error:
+    print(f"show_scene: error: {error}", file=sys.stderr)
+    return 1
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

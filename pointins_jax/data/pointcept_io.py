@@ -1,0 +1,153 @@
+"""Pointcept scene folders: `ROOT/{train,val}/<scene>/{coord,color,...}.npy`.
+
+One folder per scene, one `.npy` per attribute (the layout Pointcept's preprocessing
+scripts write for ScanNet, ScanNet200, S3DIS and Structured3D, and what
+`experiments.prepare_data` writes for every source):
+
+  coord.npy     float32 [N, 3] metres
+  color.npy     [N, 3] RGB in 0..255 (uint8 or float)        optional
+  normal.npy    float32 [N, 3] unit vectors                    optional
+  strength.npy  float32 [N] or [N, 1] LiDAR intensity in [0,1] optional
+  segment.npy / segment20.npy / segment200.npy  int [N], -1 = ignore
+  instance.npy  int [N], -1 = no instance                     optional
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+
+from pointins_jax.data import labels
+from pointins_jax.data.scene import Scene, SceneError
+
+# Used when read_scene is not told the dataset: the first that exists is `segment`.
+_DEFAULT_SEGMENT_FILES = ("segment.npy", "segment20.npy", "segment200.npy")
+
+
+def write_scene(scene: Scene, folder: str,
+                extra_segments: Optional[Mapping[str, np.ndarray]] = None) -> None:
+  """Writes `scene` as one Pointcept folder (created if needed).
+
+  Args:
+    scene: the scene; absent (None) attributes are not written.
+    folder: output folder, e.g. OUT/train/scene0000_00.
+    extra_segments: more label files, e.g. {"segment20": s20, "segment200": s200}
+      (int [N] each), written as `<key>.npy` next to `segment.npy`.
+  """
+  os.makedirs(folder, exist_ok=True)
+  arrays = {"coord": scene.coord, "color": scene.color, "normal": scene.normal,
+            "strength": scene.strength, "segment": scene.segment, "instance": scene.instance}
+  for key, value in dict(extra_segments or {}).items():
+    value = np.asarray(value)
+    if value.shape != (scene.num_points,) or not np.issubdtype(value.dtype, np.integer):
+      raise SceneError(f"{folder}: extra segment {key!r} must be int [{scene.num_points}], "
+                       f"got {value.dtype} {value.shape}.")
+    arrays[key] = value.astype(np.int32)
+  for key, value in arrays.items():
+    if value is not None:
+      np.save(os.path.join(folder, key + ".npy"), value)
+
+
+def _load(path: str, required: bool) -> Optional[np.ndarray]:
+  if not os.path.isfile(path):
+    if required:
+      raise SceneError(f"{path}: missing file (a Pointcept scene folder needs coord.npy; "
+                       "rerun experiments.prepare_data).")
+    return None
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as error:
+    raise SceneError(f"{path}: not a readable .npy array ({error}); regenerate it.") from error
+
+
+def read_scene(folder: str, dataset: Optional[str] = None) -> Scene:
+  """Reads one Pointcept scene folder into a validated `Scene`.
+
+  Args:
+    folder: the scene folder.
+    dataset: a `labels.DATASET_NAMES` entry; selects the segment file (e.g. ScanNet200
+      -> segment200.npy) and checks class ids against its number of classes. Without
+      it the first of segment.npy, segment20.npy, segment200.npy present is used.
+  """
+  if not os.path.isdir(folder):
+    raise SceneError(f"{folder}: scene folder does not exist.")
+  coord = _load(os.path.join(folder, "coord.npy"), required=True)
+  path = os.path.join(folder, "coord.npy")
+  if coord.ndim != 2 or coord.shape[1] != 3 or not np.issubdtype(coord.dtype, np.number):
+    raise SceneError(f"{path}: expected a numeric [N, 3] array, got {coord.dtype} "
+                     f"{coord.shape}.")
+  if not np.isfinite(coord).all():
+    raise SceneError(f"{path}: {int((~np.isfinite(coord).all(1)).sum())} points have "
+                     "NaN/inf coordinates; clean the scene (prepare_data drops and counts "
+                     "them).")
+  num_points = coord.shape[0]
+  if dataset is None:
+    info, segment_files = None, _DEFAULT_SEGMENT_FILES
+  else:
+    info = labels.dataset_info(dataset)
+    segment_files = (info.segment_file,)
+    if not os.path.isfile(os.path.join(folder, info.segment_file)):
+      raise SceneError(f"{os.path.join(folder, info.segment_file)}: missing; dataset "
+                       f"{dataset!r} reads its labels from {info.segment_file}.")
+  segment_file = next((f for f in segment_files if os.path.isfile(os.path.join(folder, f))),
+                      None)
+  fields = {"color": "color.npy", "normal": "normal.npy", "strength": "strength.npy",
+            "instance": "instance.npy", "segment": segment_file}
+  values = {}
+  for field, name in fields.items():
+    if name is None:
+      continue
+    path = os.path.join(folder, name)
+    value = _load(path, required=False)
+    if value is not None and (value.ndim == 0 or value.shape[0] != num_points):
+      raise SceneError(f"{path}: has shape {value.shape} but coord.npy has {num_points} "
+                       "points; the files of a scene must agree.")
+    values[field] = value
+  strength = values.get("strength")
+  if strength is not None and strength.size and (strength.min() < 0 or strength.max() > 1):
+    raise SceneError(f"{os.path.join(folder, 'strength.npy')}: values must lie in [0, 1], "
+                     f"got [{strength.min()}, {strength.max()}]; divide raw 0..255 "
+                     "intensities by 255.")
+  scene = Scene(coord=coord, name=os.path.basename(os.path.normpath(folder)), source=folder,
+                **values)
+  if info is not None:
+    scene.validate(num_classes=info.num_classes)
+  return scene
+
+
+def list_scenes(root: str, split: str) -> list[str]:
+  """Sorted paths of the scene folders under `root/split` (those holding coord.npy)."""
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise FileNotFoundError(f"{split_dir}: no such split folder; expected the Pointcept "
+                            "layout ROOT/{train,val}/<scene>/coord.npy (see "
+                            "experiments.prepare_data).")
+  scenes = sorted(os.path.join(split_dir, name) for name in os.listdir(split_dir)
+                  if os.path.isfile(os.path.join(split_dir, name, "coord.npy")))
+  if not scenes:
+    raise FileNotFoundError(f"{split_dir}: holds no scene folders with coord.npy.")
+  return scenes
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedScene:
+  """A converted scene ready for `write_scene`.
+
+  Attributes:
+    scene: the scene.
+    extra_segments: more label files, e.g. {"segment20": ..., "segment200": ...}.
+    dropped: points removed on purpose (NaN/inf coordinates), reported by prepare_data.
+  """
+  scene: Scene
+  extra_segments: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  dropped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceScene:
+  """One scene of a raw dataset: its split, output name and a loader (read on demand)."""
+  split: str
+  name: str
+  load: Callable[[], LoadedScene]

@@ -1,0 +1,158 @@
+"""Per-scene examples: grid-sampled origin points, global views, block masking, correspondences.
+
+A view is a dict of unpadded numpy arrays (n = its point count):
+
+  coord f32 [n, 3]         view coordinates (augmented frame), metres
+  feat f32 [n, C]          model input features (`feat_keys`)
+  origin_coord f32 [n, 3]  un-augmented coordinates (scene frame, centred), metres
+  origin_index i64 [n]     index in the grid-sampled ("origin") scene
+  index i64 [n]            index in the full scan
+  visible bool [n]         not masked (what the student sees)
+  segment, instance i32 [n]  labels, -1 where absent
+  view_linear f64 [3, 3], view_translation f64 [3]: x_view ~ A @ origin_coord + t
+
+`batching` crops, pairs (cross_index) and pads views into the static batch layout.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from pointins_jax.data import transforms
+from pointins_jax.data.scene import Scene, SceneError
+
+
+def block_mask(coord: np.ndarray, mask_size: float, mask_ratio: float,
+               rng: np.random.Generator) -> np.ndarray:
+  """Sonata block masking (ptv3_ssl_spec.md §4.3) of one view: bool [N], True = masked.
+
+  Cells floor((coord - min) / mask_size) are permuted at random and the first
+  int(num_cells * mask_ratio) of them are masked.
+  """
+  _, cell = np.unique(transforms.pack_cells(transforms.cell_index(coord, mask_size)),
+                      return_inverse=True)
+  num_cells = int(cell.max()) + 1 if cell.size else 0
+  masked_cells = rng.permutation(num_cells)[:int(num_cells * mask_ratio)]
+  is_masked = np.zeros(num_cells, bool)
+  is_masked[masked_cells] = True
+  return is_masked[cell]
+
+
+def cross_index(index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:
+  """For each entry of `index_a`, its position in `index_b` (unique ids), or -1: int64."""
+  order = np.argsort(index_b, kind="stable")
+  sorted_b = index_b[order]
+  pos = np.clip(np.searchsorted(sorted_b, index_a), 0, max(len(sorted_b) - 1, 0))
+  found = sorted_b[pos] == index_a if len(sorted_b) else np.zeros(len(index_a), bool)
+  return np.where(found, order[pos] if len(sorted_b) else -1, -1)
+
+
+def global_view_indices(coord: np.ndarray, config, rng: np.random.Generator):
+  """Two global crops (Sonata): the `size` nearest points to a random centre.
+
+  size = int(U(global_view_scale) * min(max_view_points, N)); the second centre is a
+  random point of the first view. Returns two sorted int64 index arrays into `coord`.
+  """
+  n = coord.shape[0]
+  views = []
+  candidates = np.arange(n)
+  for _ in range(2):
+    center = coord[rng.choice(candidates)]
+    size = int(rng.uniform(*config.global_view_scale) * min(config.max_view_points, n))
+    views.append(transforms.nearest_crop(coord, center, max(size, 1)))
+    candidates = views[0]
+  return views
+
+
+def _labels(values, n):
+  return np.full(n, -1, np.int32) if values is None else values.astype(np.int32)
+
+
+def _features(coord: np.ndarray, scene: Scene, color, normal, feat_keys) -> np.ndarray:
+  """Concatenates `feat_keys` in order: f32 [n, C] (colour divided by 255)."""
+  sources = dict(coord=coord, normal=normal,
+                 color=None if color is None else color / 255.0,
+                 strength=None if scene.strength is None else scene.strength[:, None])
+  parts = []
+  for key in feat_keys:
+    if sources[key] is None:
+      raise SceneError(f"{scene.source} (scene {scene.name!r}): data config feat_keys includes "
+                       f"{key!r} but the scene has no {key}; drop it from feat_keys.")
+    parts.append(sources[key])
+  return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def make_view(origin: Scene, index: np.ndarray, full_index: np.ndarray, color, config,
+              rng: Optional[np.random.Generator], *, augment: bool, mask: bool) -> dict:
+  """One view of the origin scene restricted to `index` (see the module docstring).
+
+  `rng` may be None when neither `augment` nor `mask` is set.
+  """
+  part = origin.subset(index)
+  if augment:
+    geometry = transforms.augment_geometry(part.coord, part.normal, config.augment, rng)
+  else:
+    geometry = transforms.GeometricAugmenter(part.coord, part.normal)
+    geometry.center_shift(apply_z=True)
+  coord = geometry.coord.astype(np.float32)
+  view_color = None if color is None else color[index]
+  normal = None if geometry.normal is None else geometry.normal.astype(np.float32)
+  visible = (~block_mask(coord, config.mask_size, config.mask_ratio, rng) if mask
+             else np.ones(len(index), bool))
+  return dict(
+      coord=coord,
+      feat=_features(coord, part, view_color, normal, config.feat_keys),
+      origin_coord=part.coord,
+      origin_index=index.astype(np.int64),
+      index=full_index[index].astype(np.int64),
+      visible=visible,
+      segment=_labels(part.segment, len(index)),
+      instance=_labels(part.instance, len(index)),
+      view_linear=geometry.record.linear,
+      view_translation=geometry.record.translation)
+
+
+def origin_scene(scene: Scene, grid_size: float, rng: np.random.Generator):
+  """Train-mode grid sample, centred (xy bbox centre, z min at 0): (Scene, full-scan ids)."""
+  index, _ = transforms.grid_sample_train(scene.coord, grid_size, rng)
+  return centred(scene.subset(index)), index
+
+
+def centred(scene: Scene) -> Scene:
+  """The scene moved so that its xy bbox centre is at 0 and its lowest point at z = 0."""
+  shift = transforms.center_shift_offset(scene.coord).astype(np.float32)
+  return Scene(coord=scene.coord - shift, color=scene.color, normal=scene.normal,
+               strength=scene.strength, segment=scene.segment, instance=scene.instance,
+               name=scene.name, source=scene.source)
+
+
+def _shared_color(origin: Scene, config, rng, augment: bool):
+  if origin.color is None or not augment:
+    return origin.color
+  return transforms.augment_color(origin.color, config.augment, rng)
+
+
+def pretrain_views(scene: Scene, config, rng: np.random.Generator) -> list[dict]:
+  """The two masked, augmented global views of one scene (Sonata §4.1 + §4.3)."""
+  origin, full_index = origin_scene(scene, config.grid_size, rng)
+  augment = bool(config.augment.enabled)
+  color = _shared_color(origin, config, rng, augment)  # shared by both global views
+  return [make_view(origin, index, full_index, color, config, rng, augment=augment, mask=True)
+          for index in global_view_indices(origin.coord, config, rng)]
+
+
+def probe_view(scene: Scene, config, rng: np.random.Generator, *, augment: bool) -> dict:
+  """One unmasked view of the whole grid-sampled scene (probing / fine-tuning)."""
+  origin, full_index = origin_scene(scene, config.grid_size, rng)
+  color = _shared_color(origin, config, rng, augment)
+  return make_view(origin, np.arange(origin.num_points), full_index, color, config, rng,
+                   augment=augment, mask=False)
+
+
+def fragment_views(scene: Scene, config) -> list[dict]:
+  """Test-mode fragments covering every point of the scan, un-augmented (centred only)."""
+  origin = centred(scene)
+  return [make_view(origin, index, np.arange(scene.num_points), origin.color, config, None,
+                    augment=False, mask=False)
+          for index in transforms.grid_sample_fragments(origin.coord, config.grid_size)]

@@ -1,0 +1,135 @@
+"""Space-filling-curve serialization of grid cells (PTv3 §2 of ptv3_ssl_spec.md).
+
+Codes are exact for grids of up to 2^16 cells per axis (3 x 16 = 48 bits). x64 is off in
+JAX by default, so a code is carried as two int32 halves: `hi` = bits 24..47 and
+`lo` = bits 0..23 (each < 2^24), compared lexicographically. Within every 3-bit group
+x is the most significant bit (z-order: x bit i -> code bit 3i+2, y -> 3i+1, z -> 3i).
+The Hilbert curve is Skilling's transpose algorithm on the integer coordinates,
+followed by Gray-to-binary decoding of the interleaved bits, exactly as Pointcept's
+`hilbert.encode` does bit by bit. Unlike z-order, the Hilbert code depends on the depth
+(the number of bits per axis); Pointcept uses `depth = bit_length(max grid + 1)` and so
+do we, per scene.
+
+Orders: 'z' (x, y, z), 'z-trans' (y, x, z), 'hilbert', 'hilbert-trans'.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
+MAX_DEPTH = 16
+PAD_HI = 1 << 30  # larger than any real `hi` (< 2^24): padding sorts last
+
+
+def _spread3(v):
+  """Spreads the low 8 bits of v so bit i lands at bit 3i (int32)."""
+  v = v & 0xFF
+  v = (v | (v << 16)) & 0x030000FF
+  v = (v | (v << 8)) & 0x0300F00F
+  v = (v | (v << 4)) & 0x030C30C3
+  v = (v | (v << 2)) & 0x09249249
+  return v
+
+
+def _interleave24(x, y, z):
+  """24-bit Morton code of three 8-bit values, x most significant in each group."""
+  return (_spread3(x) << 2) | (_spread3(y) << 1) | _spread3(z)
+
+
+def morton_halves(x, y, z):
+  """(hi, lo) of the 48-bit Morton code of 16-bit coordinates."""
+  hi = _interleave24(x >> 8, y >> 8, z >> 8)
+  lo = _interleave24(x & 0xFF, y & 0xFF, z & 0xFF)
+  return hi, lo
+
+
+def _gray_to_binary24(g):
+  g = g ^ (g >> 1)
+  g = g ^ (g >> 2)
+  g = g ^ (g >> 4)
+  g = g ^ (g >> 8)
+  g = g ^ (g >> 16)
+  return g & 0xFFFFFF
+
+
+def hilbert_halves(x, y, z, depth):
+  """(hi, lo) of the 3*depth-bit Hilbert code (depth may be a traced scalar <= 16)."""
+
+  def step(j, axes):
+    axes = list(axes)
+    bit = depth - 1 - j  # bit position handled at step j (MSB first)
+    q = jnp.left_shift(jnp.int32(1), jnp.maximum(bit, 0))
+    # Mask of the bits below `bit`; empty for the last step and for steps past the depth.
+    p = jnp.where(bit > 0, q - 1, 0)
+    for d in range(3):
+      m = (axes[d] & q) != 0
+      inverted = axes[0] ^ p
+      t = (axes[0] ^ axes[d]) & p
+      swapped0, swapped_d = axes[0] ^ t, axes[d] ^ t
+      if d == 0:
+        axes[0] = jnp.where(m, inverted, axes[0])
+      else:
+        axes[d] = jnp.where(m, axes[d], swapped_d)
+        axes[0] = jnp.where(m, inverted, swapped0)
+    return tuple(axes)
+
+  # A loop rather than 16 unrolled steps keeps the compiled program small.
+  axes = jax.lax.fori_loop(0, MAX_DEPTH, step, (x, y, z))
+  gray_hi, gray_lo = morton_halves(*axes)
+  hi = _gray_to_binary24(gray_hi)
+  # Prefix XOR continues from the hi half into the lo half: carry hi's last bit.
+  carry = -(hi & 1) & 0xFFFFFF
+  lo = _gray_to_binary24(gray_lo) ^ carry
+  return hi, lo
+
+
+def encode(grid, order: str, depth=MAX_DEPTH):
+  """Curve code halves of grid cells.
+
+  Args:
+    grid: i32 [N, 3] non-negative cells (< 2^16).
+    order: one of ORDERS.
+    depth: bits per axis for the Hilbert curve (ignored by z-order, which is
+      depth-independent).
+  Returns:
+    (hi, lo) i32 [N] each.
+  """
+  x, y, z = grid[:, 0], grid[:, 1], grid[:, 2]
+  if order.endswith("-trans"):
+    x, y = y, x
+  if order.startswith("z"):
+    return morton_halves(x, y, z)
+  if order.startswith("hilbert"):
+    return hilbert_halves(x, y, z, jnp.asarray(depth, jnp.int32))
+  raise ValueError(f"unknown serialization order {order!r}; use one of {ORDERS}")
+
+
+def scene_depth(grid, valid):
+  """Pointcept's depth: bit_length(max valid grid coordinate + 1), at least 1."""
+  m = jnp.max(jnp.where(valid[:, None], grid, 0)) + 1
+  return jnp.maximum(32 - jax.lax.clz(m.astype(jnp.int32)), 1)
+
+
+def sort_by_code(hi, lo, valid, coord):
+  """Serialization order: by code, padding last, ties broken by coordinates.
+
+  Breaking ties between points of one cell by their coordinates (not their index)
+  makes the order, and so the network, equivariant to permutations of the input.
+
+  Returns (order i32 [N], inverse i32 [N]) with inverse[order[i]] = i.
+  """
+  n = hi.shape[0]
+  hi = jnp.where(valid, hi, PAD_HI)
+  iota = jnp.arange(n, dtype=jnp.int32)
+  operands = (hi, lo, coord[:, 0], coord[:, 1], coord[:, 2], iota)
+  order = jax.lax.sort(operands, num_keys=5)[-1]
+  inverse = jnp.zeros((n,), jnp.int32).at[order].set(iota)
+  return order, inverse
+
+
+def serialize(grid, valid, coord, orders=ORDERS):
+  """Orders and inverses for every curve: i32 [len(orders), N] each."""
+  depth = scene_depth(grid, valid)
+  outs = [sort_by_code(*encode(grid, o, depth), valid, coord) for o in orders]
+  return jnp.stack([o for o, _ in outs]), jnp.stack([i for _, i in outs])

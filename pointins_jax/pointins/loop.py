@@ -1,0 +1,124 @@
+"""The pretraining loop: data -> sharded train step -> metrics -> checkpoints -> export.
+
+Read top to bottom: set up the mesh and data, create (or restore) the sharded state,
+then step, log and checkpoint until `total_steps`; finally export the encoder.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from pointins_jax import checkpointing
+from pointins_jax import export as export_lib
+from pointins_jax import metric_writer
+from pointins_jax import parallel
+from pointins_jax.data import loader as loader_lib
+from pointins_jax.model import configs as model_configs
+from pointins_jax.pointins import train as train_lib
+
+
+def resolve_total_steps(config, num_scenes: int) -> int:
+  """`train.total_steps`, or epochs x scenes / batch size when it is 0."""
+  if config.train.total_steps > 0:
+    return int(config.train.total_steps)
+  if config.train.epochs <= 0:
+    raise ValueError("Set config.train.total_steps or config.train.epochs to a positive value.")
+  return max(1, int(config.train.epochs * num_scenes // config.train.batch_size))
+
+
+def _host_metrics(metrics) -> dict:
+  return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) PointINS pretraining into `workdir`; returns the last metrics."""
+  parallel.maybe_initialize_distributed(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.train.batch_size, mesh)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # Data: each process reads its own slice of the global batch.
+  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  iterator = loader_lib.make_pretrain_iterator(
+      config.data, seed=config.seed, batch_size=config.train.batch_size // jax.process_count(),
+      stage_capacities_fn=capacities, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
+  total_steps = resolve_total_steps(config, loader_lib.num_scenes(config.data))
+
+  # State: shapes from eval_shape, created already replicated on the mesh.
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  init = functools.partial(train_lib.init_train_state, config, total_steps=total_steps)
+  abstract = jax.eval_shape(init, init_rng)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.train.keep_checkpoints,
+                                    save_every=config.train.checkpoint_every)
+  abstract_sharded = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+  restored = ckpt.restore_latest(abstract_sharded)
+  if restored is None:
+    state = jax.jit(init, out_shardings=state_sharding)(init_rng)
+    start = 0
+  else:
+    start, state, iterator_state, _ = restored
+    if iterator_state is not None:
+      iterator.set_state(iterator_state)
+    print(f"Resumed from {ckpt.directory}/{start}.")
+
+  step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
+                                      parallel.batch_sharded(mesh), parallel.replicated(mesh))
+  writer = metric_writer.MetricWriter(workdir, enabled=is_main,
+                                      tensorboard=config.train.tensorboard)
+  last = {}
+  bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="pretrain",
+             disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
+  t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+  stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
+  for step in bar:
+    if stop_after and step >= start + stop_after:
+      ckpt.close()  # waits for pending periodic saves only, like a killed job
+      writer.close()
+      return last
+    host_batch = next(iterator)
+    num_cropped = int(np.sum(host_batch.pop("num_cropped", 0)))
+    batch = parallel.put_batch(
+        {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+    steps_since_log += 1
+    points_since_log += int(np.sum(host_batch["valid"]))
+    if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
+      last = _host_metrics(metrics)
+      if bool(last.pop("stage_overflow")):
+        model_configs.raise_overflow(config.model)
+      # Fetching the metrics waited for the device, so wall time / steps is step time.
+      elapsed = time.perf_counter() - t_log
+      last.update(step_time=elapsed / steps_since_log,
+                  points_per_second=points_since_log / max(elapsed, 1e-9),
+                  num_cropped=num_cropped)
+      t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+      record = writer.write(step + 1, last)
+      if is_main:
+        print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
+                                                 "loss_offset", "skipped") if k in record}),
+              flush=True)
+        bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+    ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
+              force=step + 1 == total_steps)
+  ckpt.wait()
+  if is_main:
+    export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
+  ckpt.close()
+  writer.close()
+  return last

@@ -1,0 +1,257 @@
+"""PointINS train state and the pure, jit-compiled train step (Algorithm 1).
+
+`train_step(state, batch, rng) -> (state, metrics)`:
+  1. teacher (EMA, no drop path) encodes both full views; student encodes the visible
+     points of both views;
+  2. semantic branch: prototype distillation, within-view and cross-view;
+  3. offset branch: teacher offsets -> original frame -> ODR -> SCR -> targets O*,
+     distilled into the student's offsets (within-view and cross-view);
+  4. AdamW update of the student (skipped when the loss or a gradient is not finite),
+     then the EMA update of the teacher.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from pointins_jax.pointins import network as network_lib
+from pointins_jax.pointins import odr as odr_lib
+from pointins_jax.pointins import offsets as offsets_lib
+from pointins_jax.pointins import schedules
+from pointins_jax.pointins import semantic
+
+
+# The batch fields the step reads (the loader's other fields stay on the host).
+BATCH_KEYS = ("coord", "feat", "grid", "valid", "visible", "cross_index", "view_linear",
+              "origin_coord")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # i32 [], optimizer steps taken (skipped steps included)
+  params: Any  # student parameters
+  teacher_params: Any  # EMA of the student
+  opt_state: Any
+  num_skipped: jax.Array  # i32 [], steps whose update was skipped (non-finite)
+
+
+def build_network(config) -> network_lib.PointINSNetwork:
+  return network_lib.PointINSNetwork(config.model, config.heads)
+
+
+def learning_rate_schedule(config, total_steps: int):
+  return lambda step: schedules.warmup_cosine_lr(
+      step, total_steps, config.optim.lr, warmup_ratio=config.optim.warmup_ratio)
+
+
+def build_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(config.optim.clip_norm),
+      optax.adamw(learning_rate_schedule(config, total_steps), b1=config.optim.b1,
+                  b2=config.optim.b2, weight_decay=config.optim.weight_decay))
+
+
+def dummy_inputs(config, num_points: int = 64):
+  c = config.model.in_channels
+  return (jnp.zeros((1, num_points, 3), jnp.float32), jnp.zeros((1, num_points, c), jnp.float32),
+          jnp.zeros((1, num_points, 3), jnp.int32), jnp.ones((1, num_points), bool))
+
+
+def init_train_state(config, rng, total_steps: int) -> TrainState:
+  """Fresh state; jit this with `out_shardings` to create it already sharded."""
+  net = build_network(config)
+  params = net.init({"params": rng, "dropout": rng, "order": rng}, *dummy_inputs(config),
+                    train=False)["params"]
+  opt_state = build_optimizer(config, total_steps).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, teacher_params=params,
+                    opt_state=opt_state, num_skipped=jnp.zeros((), jnp.int32))
+
+
+def magnitude_and_direction_priors(config):
+  cfg = config.offset
+  return odr_lib.prior_from_config(cfg.magnitude_prior), cfg.direction_prior
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+
+
+def _gather_points(x, index):
+  """x [BV, N, ...] gathered at index [BV, N] (-1 -> row 0; callers mask it out)."""
+  safe = jnp.maximum(index, 0)
+  return jax.vmap(lambda a, i: a[i])(x, safe)
+
+
+def _swap_views(x, num_views: int):
+  """[B*V, ...] -> the same array with views 0 and 1 of every scene exchanged."""
+  shaped = x.reshape((-1, num_views) + x.shape[1:])
+  return shaped[:, ::-1].reshape(x.shape)
+
+
+def _semantic_pair_loss(student_logits, teacher_logits, weight, cfg, teacher_temp, usage):
+  """Distillation of teacher logits (already gathered onto the student's points).
+
+  student_logits, teacher_logits: [BV, N, K]; weight: f32 [BV, N].
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  k = teacher_logits.shape[-1]
+  marginal = None
+  if cfg.prototype_prior == "zipf":
+    marginal = semantic.zipf_marginal(usage, cfg.alpha_zipf)
+  if cfg.target == "assignment":  # Sonata: Sinkhorn targets per point
+    q = semantic.sinkhorn_targets(teacher_logits.reshape(-1, k), weight.reshape(-1),
+                                  teacher_temp, num_iters=cfg.sinkhorn_iters, marginal=marginal)
+    loss = semantic.distillation_loss(student_logits.reshape(-1, k), q, weight.reshape(-1),
+                                      cfg.student_temperature)
+    return loss, q.reshape(teacher_logits.shape)
+  if cfg.target == "softmap":  # DOS (reconstruction): softmaps over observable points
+    q = jax.vmap(lambda t, w: semantic.softmap(t, w, teacher_temp))(teacher_logits, weight)
+    log_p = jax.vmap(lambda s, w: semantic.log_softmap(s, w, cfg.student_temperature))(
+        student_logits, weight)
+    # Cross-entropy per prototype (sum over points), averaged over prototypes and views.
+    per_view = -jnp.sum(q * log_p * weight[..., None], axis=1).mean(axis=-1)
+    has = (jnp.sum(weight, axis=1) > 0).astype(jnp.float32)
+    return jnp.sum(per_view * has) / jnp.maximum(jnp.sum(has), 1.0), q
+  raise ValueError(f"config.semantic.target={cfg.target!r}: use 'assignment' or 'softmap'.")
+
+
+def compute_losses(params, teacher_params, batch, rng, step, total_steps, config):
+  """All losses of one step; returns (total loss, aux metrics)."""
+  net = build_network(config)
+  b, v, n = batch["valid"].shape
+  flat = lambda x: x.reshape((b * v,) + x.shape[2:])  # [B, V, ...] -> [B*V, ...]
+  coord, feat, grid = flat(batch["coord"]), flat(batch["feat"]), flat(batch["grid"])
+  valid, visible = flat(batch["valid"]), flat(batch["visible"]) & flat(batch["valid"])
+  cross = flat(batch["cross_index"])
+  view_linear = flat(batch["view_linear"])
+  origin_coord = flat(batch["origin_coord"])
+
+  rng_t, rng_s, rng_scr = jax.random.split(rng, 3)
+  teacher = net.apply({"params": teacher_params}, coord, feat, grid, valid, train=False,
+                      rngs={"order": rng_t})
+  teacher = jax.lax.stop_gradient(teacher)
+  student = net.apply({"params": params}, coord, feat, grid, visible, train=True,
+                      rngs={"order": rng_s, "dropout": jax.random.fold_in(rng_s, 1)})
+
+  sem = config.semantic
+  teacher_temp = schedules.teacher_temperature(
+      step, total_steps, sem.teacher_temp_start, sem.teacher_temp_end, sem.teacher_temp_warmup)
+  usage = jnp.sum(jax.nn.softmax(teacher["logits"] / teacher_temp, axis=-1)
+                  * valid[..., None], axis=(0, 1))
+  w_within = visible.astype(jnp.float32)
+  cross_ok = visible & (cross >= 0)
+  w_cross = cross_ok.astype(jnp.float32)
+  # Within-view: the student's point p is the teacher's point p of the same view.
+  sem_within, q_within = _semantic_pair_loss(student["logits"], teacher["logits"], w_within,
+                                             sem, teacher_temp, usage)
+  losses = {"sem_within": sem_within}
+  sem_loss = sem_within
+  if sem.cross_view:
+    t_cross = _gather_points(_swap_views(teacher["logits"], v), cross)
+    sem_cross, _ = _semantic_pair_loss(student["logits"], t_cross, w_cross, sem, teacher_temp,
+                                       usage)
+    losses["sem_cross"] = sem_cross
+    sem_loss = 0.5 * (sem_within + sem_cross)
+
+  metrics = {"teacher_temperature": teacher_temp,
+             "prototype_entropy": semantic.prototype_usage_entropy(
+                 q_within.reshape(-1, q_within.shape[-1]), w_within.reshape(-1))}
+  off_cfg = config.offset
+  off_weight = jnp.zeros((), jnp.float32)
+  off_loss = jnp.zeros((), jnp.float32)
+  s_off = offsets_lib.to_original_frame(student["offsets"], view_linear)
+  if off_cfg.enabled:
+    off_weight = schedules.offset_loss_weight(step, total_steps, off_cfg.weight,
+                                              off_cfg.warmup_ratio)
+    magnitude_prior, direction_prior = magnitude_and_direction_priors(config)
+    t_off = offsets_lib.to_original_frame(teacher["offsets"], view_linear)
+    keys = jax.random.split(rng_scr, b * v)
+    targets = jax.vmap(functools.partial(
+        offsets_lib.teacher_offset_targets, cfg=off_cfg, magnitude_prior=magnitude_prior,
+        direction_prior=direction_prior))(t_off, origin_coord, teacher["features"], valid, keys)
+    target, has_target = targets["target"], targets["has_target"]
+    loss_within, parts = offsets_lib.offset_loss(s_off, target, w_within * has_target)
+    off_loss = loss_within
+    losses["off_within"] = loss_within
+    if off_cfg.cross_view:
+      t_cross = _gather_points(_swap_views(target, v), cross)
+      h_cross = _gather_points(_swap_views(has_target, v), cross)
+      loss_cross, _ = offsets_lib.offset_loss(s_off, t_cross, w_cross * h_cross)
+      losses["off_cross"] = loss_cross
+      off_loss = 0.5 * (loss_within + loss_cross)
+    if off_cfg.student_odr_kl:  # Table 8 dagger: ODR as a student-side loss
+      kl = offsets_lib.student_odr_kl(s_off.reshape(-1, 3), visible.reshape(-1),
+                                      magnitude_prior)
+      losses["odr_kl"] = kl
+      off_loss = off_loss + kl
+    num_valid = jnp.maximum(jnp.sum(valid), 1)
+    metrics.update({
+        "scr_target_fraction": jnp.sum(has_target & valid) / num_valid,
+        "pseudo_instances": jnp.mean(targets["num_instances"].astype(jnp.float32)),
+        "offset_l1": parts["l1"], "offset_direction": parts["direction"]})
+
+  total = sem_loss + off_weight * off_loss
+  magnitude = jnp.linalg.norm(s_off, axis=-1)
+  metrics.update({f"loss_{k}": val for k, val in losses.items()})
+  metrics.update({
+      "loss": total, "loss_semantic": sem_loss, "loss_offset": off_loss,
+      "offset_weight": off_weight,
+      "offset_magnitude_mean": jnp.sum(magnitude * w_within) / jnp.maximum(jnp.sum(w_within), 1),
+      "offset_magnitude_max": jnp.max(jnp.where(visible, magnitude, 0.0)),
+      "visible_fraction": jnp.sum(visible) / jnp.maximum(jnp.sum(valid), 1),
+      "stage_overflow": jnp.any(jnp.asarray(student["aux"].get("overflow", False)))
+                        | jnp.any(jnp.asarray(teacher["aux"].get("overflow", False))),
+  })
+  return total, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config,
+               total_steps: int) -> tuple[TrainState, dict]:
+  """One PointINS optimisation step. Pure; jit with `donate_argnums=0`."""
+  grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
+  (loss, metrics), grads = grad_fn(state.params, state.teacher_params, batch, rng, state.step,
+                                   total_steps, config)
+  optimizer = build_optimizer(config, total_steps)
+  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  momentum = schedules.ema_momentum(state.step, total_steps, config.semantic.ema_base)
+  new_teacher = jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s,
+                             state.teacher_params, new_params)
+  # A non-finite loss or gradient must never reach the parameters or a checkpoint.
+  ok = jnp.isfinite(loss) & _all_finite(grads)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      teacher_params=keep(new_teacher, state.teacher_params),
+      opt_state=keep(new_opt_state, state.opt_state),
+      num_skipped=state.num_skipped + (~ok).astype(jnp.int32))
+  metrics = dict(metrics)
+  metrics.update({
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(state.params),
+      "learning_rate": learning_rate_schedule(config, total_steps)(state.step),
+      "ema_momentum": momentum,
+      "skipped": (~ok).astype(jnp.int32),
+      "num_skipped": new_state.num_skipped,
+  })
+  return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, total_steps: int, state_sharding,
+                    batch_sharding, replicated):
+  """The jit-compiled step with explicit shardings and the state donated."""
+  step = functools.partial(train_step, config=config, total_steps=total_steps)
+  return jax.jit(step, in_shardings=(state_sharding, batch_sharding, replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))

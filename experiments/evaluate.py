@@ -26,7 +26,6 @@ error naming the file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from typing import Optional, Sequence
@@ -34,41 +33,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pointins_jax.metrics import instance, panoptic, report, semantic, unsupervised
+from pointins_jax.metrics.protocol import Protocol, protocol_for  # noqa: F401  (re-exported)
 
 TASKS = ("semseg", "insseg", "panseg", "unsupervised")
 DATASETS = ("scannet", "scannet200", "s3dis", "semantickitti", "nuscenes", "synthetic-indoor",
             "synthetic-outdoor")
-SEGMENT_FILE = {"scannet": "segment20.npy", "scannet200": "segment200.npy"}
-PANOPTIC_MIN_POINTS = {"nuscenes": 15}  # Panoptic nuScenes `--min_inst_points` default
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-  """What scoring a dataset needs: class ids 0..C-1 and the evaluation-specific sets."""
-  class_names: tuple[str, ...]
-  thing_classes: tuple[int, ...]  # panoptic things; instance AP evaluates these
-  instance_classes: tuple[int, ...]
-  segment_file: str = "segment.npy"
-  panoptic_min_points: int = panoptic.MIN_POINTS
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-
-def protocol_for(dataset: str) -> Protocol:
-  """The protocol of a dataset, from `pointins_jax.data.labels.dataset_info`."""
-  from pointins_jax.data import labels  # pylint: disable=import-outside-toplevel
-  info = labels.dataset_info(dataset)
-  things = tuple(int(c) for c in info.thing_classes)
-  # Pointcept's S3DIS instance evaluation scores all 13 classes, structural ones included.
-  instance_classes = tuple(range(info.num_classes)) if dataset == "s3dis" else things
-  return Protocol(class_names=tuple(info.names), thing_classes=things,
-                  instance_classes=instance_classes,
-                  segment_file=SEGMENT_FILE.get(dataset, "segment.npy"),
-                  panoptic_min_points=PANOPTIC_MIN_POINTS.get(dataset, panoptic.MIN_POINTS))
-
-
 def _load_npy(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: missing ground-truth file (Pointcept layout "
@@ -114,7 +83,7 @@ def evaluate(pred_dir: str, gt_dir: str, task: str, protocol: Protocol) -> dict:
                             f"{len(names)} scenes, e.g. {os.path.join(pred_dir, missing[0])}.npz")
   num_classes = protocol.num_classes
   confusion = np.zeros((num_classes, num_classes + 1), np.int64)
-  ignore = [c for c in range(num_classes) if c not in protocol.instance_classes]
+  ignore = protocol.instance_ignore_classes
   evaluator = {
       "insseg": lambda: instance.InstanceAPEvaluator(num_classes, ignore, protocol.class_names),
       "panseg": lambda: panoptic.PanopticEvaluator(num_classes, protocol.thing_classes,
@@ -157,34 +126,8 @@ def evaluate(pred_dir: str, gt_dir: str, task: str, protocol: Protocol) -> dict:
   return evaluator.result()
 
 
-def format_report(result: dict, task: str) -> str:
-  """A per-class table (where the task has classes) and the summary line."""
-  if task == "semseg":
-    table = report.per_class_table(result["classes"], summary={"IoU": result["mIoU"],
-                                                               "Acc": result["mAcc"]})
-    return f"{table}\n\nmIoU {result['mIoU']:.4f}  mAcc {result['mAcc']:.4f}  " \
-           f"allAcc {result['allAcc']:.4f}"
-  if task == "insseg":
-    table = report.per_class_table(result["classes"], summary={
-        "AP": result["mAP"], "AP50": result["AP50"], "AP25": result["AP25"]})
-    return f"{table}\n\nmAP {result['mAP']:.4f}  AP50 {result['AP50']:.4f}  " \
-           f"AP25 {result['AP25']:.4f}"
-  if task == "panseg":
-    table = report.per_class_table(result["classes"], summary={
-        "PQ": result["PQ"], "SQ": result["SQ"], "RQ": result["RQ"], "IoU": result["mIoU"]})
-    groups = "  ".join(f"{key} {result[key]:.4f}" for key in (
-        "PQ", "SQ", "RQ", "PQ_things", "SQ_things", "RQ_things", "PQ_stuff", "SQ_stuff",
-        "RQ_stuff", "PQ_dagger", "mIoU"))
-    return f"{table}\n\n{groups}"
-  return f"mAP {result['mAP']:.4f}  AP50 {result['AP50']:.4f}  AP25 {result['AP25']:.4f}"
-
-
-def _jsonable(value):
-  if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return value
+format_report = report.format_result  # kept under its old name
+_jsonable = report.jsonable
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

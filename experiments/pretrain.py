@@ -8,6 +8,7 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 """
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from pointins_jax.pointins import loop
@@ -20,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # orbax logs every save at INFO; crops and skipped steps are in the metrics instead.
+  logging.set_verbosity(logging.WARNING)
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from typing import Any, Optional
 
 import jax
@@ -32,6 +33,7 @@ class Checkpointer:
   """Periodic saves, keep-last-k, restore-latest with fallback."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000):
+    directory = os.path.abspath(directory)  # orbax/tensorstore reject relative paths
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            save_interval_steps=max(1, save_every))
     self._manager = ocp.CheckpointManager(directory, options=options)

@@ -1,10 +1,17 @@
 """Shared test setup."""
 import os
 import sys
+import tempfile
 
 # Tests run on the CPU even where a GPU plugin is installed (the cuda plugin is
 # in the test extra only to *lower* Pallas kernels for CUDA).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Persistent XLA cache shared by the xdist workers and the subprocess tests (they inherit
+# the environment): the end-to-end tests compile the same train step several times
+# (kill / resume, export), and on 2 CPU cores each compile costs about a minute.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "pointins_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402

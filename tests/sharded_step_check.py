@@ -50,6 +50,8 @@ def main():
   host_batch = next(iterator)
   p4, m4 = run_step(config, jax.devices(), host_batch, 10)
   p1, m1 = run_step(config, jax.devices()[:1], host_batch, 10)
+  # A skipped (non-finite) update would leave both parameter sets untouched and equal.
+  assert int(m4["skipped"]) == 0 and int(m1["skipped"]) == 0, (m4["skipped"], m1["skipped"])
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """End-to-end pretraining: the loss falls, resume reproduces, export round-trips."""
+import json
 import os
 
 import numpy as np
@@ -32,6 +33,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     b[m["step"]] = m  # the redone step 3 overwrites the killed run's record
   assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
   for step in a:
+    assert a[step]["skipped"] == 0, f"step {step} skipped its update (non-finite gradient)"
     for key in ("loss", "loss_semantic", "grad_norm"):
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, err_msg=f"{key}@{step}")
 
@@ -40,7 +42,8 @@ def test_export_round_trips(tmp_path):
   config = small_config(total_steps=1, log_every=1)
   loop.train_and_evaluate(config, str(tmp_path))
   exported_config, params = export_lib.load_export(str(tmp_path / "export"))
-  assert exported_config.model.to_dict() == config.model.to_dict()
+  # JSON turns tuples into lists; compare the JSON forms.
+  assert json.loads(exported_config.model.to_json()) == json.loads(config.model.to_json())
   assert set(params) == {"backbone", "offset_head", "projection_head"}
   with pytest.raises(FileNotFoundError, match="export"):
     export_lib.load_export(str(tmp_path / "nope"))
@@ -50,6 +53,7 @@ def test_export_round_trips(tmp_path):
 def test_demo_loss_falls(tmp_path):
   config = small_config(total_steps=60, log_every=5)
   loop.train_and_evaluate(config, str(tmp_path))
-  losses = [m["loss_semantic"] for m in metric_writer.read_metrics(str(tmp_path))]
+  # The KL part of the semantic loss: its cross-entropy moves with the teacher temperature.
+  losses = [m["semantic_kl"] for m in metric_writer.read_metrics(str(tmp_path))]
   assert np.mean(losses[-3:]) < np.mean(losses[:3])
   assert os.path.isdir(tmp_path / "export" / "params")

@@ -84,6 +84,31 @@ def plot_scene(coord: np.ndarray, colors: np.ndarray, ax: Optional[Sequence] = N
   return fig
 
 
+def plot_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str, *,
+                suptitle: str = "", max_points: int = 50_000) -> str:
+  """Side-by-side `plot_scene` panels (top-down above, perspective below) saved as a PNG.
+
+  Args:
+    panels: (title, coord float [N, 3] metres, colors float [N, 3] in [0, 1]) per column,
+      e.g. GT instances / predicted instances / predicted centroids of one scene.
+    path: output file (.png); its folder must exist.
+  Returns:
+    `path`.
+  """
+  fig = plt.figure(figsize=(6 * len(panels), 10))
+  for i, (title, coord, colors) in enumerate(panels):
+    top = fig.add_subplot(2, len(panels), i + 1)
+    perspective = fig.add_subplot(2, len(panels), len(panels) + i + 1, projection="3d")
+    plot_scene(np.asarray(coord), np.asarray(colors), ax=(top, perspective), title=title,
+               max_points=max_points)
+  if suptitle:
+    fig.suptitle(suptitle)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
 def scene_figure_plotly(coord: np.ndarray, colors: np.ndarray,
                         hover: Optional[Sequence[str]] = None, title: str = "",
                         max_points: int = 200_000):

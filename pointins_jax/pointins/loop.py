@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
       record = writer.write(step + 1, last)
       if is_main:
-        print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
+        print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic", "semantic_kl",
                                                  "loss_offset", "skipped") if k in record}),
               flush=True)
         bar.set_postfix(loss=f"{float(last['loss']):.4f}")

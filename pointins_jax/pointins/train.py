@@ -82,45 +82,6 @@ def magnitude_and_direction_priors(config):
 # Losses
 
 
-def _gather_points(x, index):
-  """x [BV, N, ...] gathered at index [BV, N] (-1 -> row 0; callers mask it out)."""
-  safe = jnp.maximum(index, 0)
-  return jax.vmap(lambda a, i: a[i])(x, safe)
-
-
-def _swap_views(x, num_views: int):
-  """[B*V, ...] -> the same array with views 0 and 1 of every scene exchanged."""
-  shaped = x.reshape((-1, num_views) + x.shape[1:])
-  return shaped[:, ::-1].reshape(x.shape)
-
-
-def _semantic_pair_loss(student_logits, teacher_logits, weight, cfg, teacher_temp, usage):
-  """Distillation of teacher logits (already gathered onto the student's points).
-
-  student_logits, teacher_logits: [BV, N, K]; weight: f32 [BV, N].
-  """
-  teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  k = teacher_logits.shape[-1]
-  marginal = None
-  if cfg.prototype_prior == "zipf":
-    marginal = semantic.zipf_marginal(usage, cfg.alpha_zipf)
-  if cfg.target == "assignment":  # Sonata: Sinkhorn targets per point
-    q = semantic.sinkhorn_targets(teacher_logits.reshape(-1, k), weight.reshape(-1),
-                                  teacher_temp, num_iters=cfg.sinkhorn_iters, marginal=marginal)
-    loss = semantic.distillation_loss(student_logits.reshape(-1, k), q, weight.reshape(-1),
-                                      cfg.student_temperature)
-    return loss, q.reshape(teacher_logits.shape)
-  if cfg.target == "softmap":  # DOS (reconstruction): softmaps over observable points
-    q = jax.vmap(lambda t, w: semantic.softmap(t, w, teacher_temp))(teacher_logits, weight)
-    log_p = jax.vmap(lambda s, w: semantic.log_softmap(s, w, cfg.student_temperature))(
-        student_logits, weight)
-    # Cross-entropy per prototype (sum over points), averaged over prototypes and views.
-    per_view = -jnp.sum(q * log_p * weight[..., None], axis=1).mean(axis=-1)
-    has = (jnp.sum(weight, axis=1) > 0).astype(jnp.float32)
-    return jnp.sum(per_view * has) / jnp.maximum(jnp.sum(has), 1.0), q
-  raise ValueError(f"config.semantic.target={cfg.target!r}: use 'assignment' or 'softmap'.")
-
-
 def compute_losses(params, teacher_params, batch, rng, step, total_steps, config):
   """All losses of one step; returns (total loss, aux metrics)."""
   net = build_network(config)
@@ -128,7 +89,6 @@ def compute_losses(params, teacher_params, batch, rng, step, total_steps, config
   flat = lambda x: x.reshape((b * v,) + x.shape[2:])  # [B, V, ...] -> [B*V, ...]
   coord, feat, grid = flat(batch["coord"]), flat(batch["feat"]), flat(batch["grid"])
   valid, visible = flat(batch["valid"]), flat(batch["visible"]) & flat(batch["valid"])
-  cross = flat(batch["cross_index"])
   view_linear = flat(batch["view_linear"])
   origin_coord = flat(batch["origin_coord"])
 
@@ -144,24 +104,37 @@ def compute_losses(params, teacher_params, batch, rng, step, total_steps, config
       step, total_steps, sem.teacher_temp_start, sem.teacher_temp_end, sem.teacher_temp_warmup)
   usage = jnp.sum(jax.nn.softmax(teacher["logits"] / teacher_temp, axis=-1)
                   * valid[..., None], axis=(0, 1))
+  distill = functools.partial(
+      semantic.distill, target=sem.target, teacher_temperature=teacher_temp,
+      student_temperature=sem.student_temperature, num_iters=sem.sinkhorn_iters,
+      marginal=semantic.prototype_marginal(sem.prototype_prior, usage, sem.alpha_zipf))
+  per_view = lambda x: x.reshape((b, v) + x.shape[1:])  # [B*V, ...] -> [B, V, ...]
+
+  def other_view(x):
+    """x [B*V, N, ...] read at each point's match in the other view (+ found mask)."""
+    rows, found = semantic.cross_view_rows(per_view(x), batch["cross_index"])
+    return flat(rows), flat(found)
+
   w_within = visible.astype(jnp.float32)
-  cross_ok = visible & (cross >= 0)
-  w_cross = cross_ok.astype(jnp.float32)
   # Within-view: the student's point p is the teacher's point p of the same view.
-  sem_within, q_within = _semantic_pair_loss(student["logits"], teacher["logits"], w_within,
-                                             sem, teacher_temp, usage)
+  sem_within, within = distill(student["logits"], teacher["logits"], w_within)
   losses = {"sem_within": sem_within}
-  sem_loss = sem_within
+  sem_loss, sem_kl = sem_within, within["kl"]
+  w_cross = jnp.zeros_like(w_within)
+  if sem.cross_view or config.offset.cross_view:
+    t_cross_logits, found = other_view(teacher["logits"])
+    w_cross = (visible & found).astype(jnp.float32)
   if sem.cross_view:
-    t_cross = _gather_points(_swap_views(teacher["logits"], v), cross)
-    sem_cross, _ = _semantic_pair_loss(student["logits"], t_cross, w_cross, sem, teacher_temp,
-                                       usage)
+    sem_cross, cross_aux = distill(student["logits"], t_cross_logits, w_cross)
     losses["sem_cross"] = sem_cross
-    sem_loss = 0.5 * (sem_within + sem_cross)
+    sem_loss, sem_kl = 0.5 * (sem_within + sem_cross), 0.5 * (within["kl"] + cross_aux["kl"])
 
   metrics = {"teacher_temperature": teacher_temp,
-             "prototype_entropy": semantic.prototype_usage_entropy(
-                 q_within.reshape(-1, q_within.shape[-1]), w_within.reshape(-1))}
+             # KL = cross-entropy minus the targets' entropy: the part the student can
+             # still reduce (the CE itself moves with the teacher's temperature schedule).
+             "semantic_kl": sem_kl,
+             "prototype_entropy": semantic.prototype_usage_entropy(within["assignments"],
+                                                                   w_within)}
   off_cfg = config.offset
   off_weight = jnp.zeros((), jnp.float32)
   off_loss = jnp.zeros((), jnp.float32)
@@ -180,8 +153,8 @@ def compute_losses(params, teacher_params, batch, rng, step, total_steps, config
     off_loss = loss_within
     losses["off_within"] = loss_within
     if off_cfg.cross_view:
-      t_cross = _gather_points(_swap_views(target, v), cross)
-      h_cross = _gather_points(_swap_views(has_target, v), cross)
+      t_cross, _ = other_view(target)
+      h_cross, _ = other_view(has_target)
       loss_cross, _ = offsets_lib.offset_loss(s_off, t_cross, w_cross * h_cross)
       losses["off_cross"] = loss_cross
       off_loss = 0.5 * (loss_within + loss_cross)

@@ -1,0 +1,30 @@
+"""Probing / fine-tuning entry point (linear | decoder | finetune x semseg | insseg | panseg).
+
+  python -m experiments.probe --config configs/probe_indoor.py:linear_insseg,demo \
+      --config.pretrained=runs/demo/export --workdir runs/probe_demo
+  python -m experiments.probe --config configs/probe_outdoor.py:linear_panseg,demo \
+      --config.pretrained=runs/demo_outdoor/export --workdir runs/probe_outdoor
+
+Without --config.pretrained the backbone starts from random weights (the baseline).
+Re-running with the same --workdir resumes from its latest checkpoint. Writes
+metrics.jsonl, checkpoints/, eval.json (full-scan validation), figures/*.png.
+"""
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from pointins_jax.probe import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (file.py:variant).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, eval).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,332 @@
+"""The probing / fine-tuning loop: data -> sharded probe step -> metrics -> checkpoints -> eval.
+
+Same structure as the pretraining loop (`pointins_jax.pointins.loop`): set up the mesh and
+the labelled data, create (or restore) the sharded state, step / log / checkpoint until
+`train.total_steps`, then evaluate on full validation scans (every original point gets a
+prediction) and write `eval.json`, a per-class table and figures.
+
+The model: with `config.pretrained` (an `export/` folder of experiments.pretrain) the
+export's `config.model` and backbone weights; otherwise a fresh `config.model_variant`
+PTv3. Linear probing keeps the decoder-free encoder; decoder probing and fine-tuning
+switch to the U-Net (`enc_mode=False`), whose decoder starts from scratch.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from pointins_jax import checkpointing
+from pointins_jax import export as export_lib
+from pointins_jax import metric_writer
+from pointins_jax import parallel
+from pointins_jax.data import loader as loader_lib
+from pointins_jax.data import visualize
+from pointins_jax.metrics import instance as instance_metrics
+from pointins_jax.metrics import panoptic as panoptic_metrics
+from pointins_jax.metrics import protocol as protocol_lib
+from pointins_jax.metrics import report
+from pointins_jax.metrics import semantic as semantic_metrics
+from pointins_jax.model import configs as model_configs
+from pointins_jax.probe import grouping
+from pointins_jax.probe import inference
+from pointins_jax.probe import train as train_lib
+
+# Input channels each data.feat_keys entry contributes (views._features).
+FEATURE_CHANNELS = {"coord": 3, "color": 3, "normal": 3, "strength": 1}
+# Scalars of each task's result that go to metrics.jsonl (prefixed "val_").
+SUMMARY_KEYS = {"semseg": ("mIoU", "mAcc", "allAcc"), "insseg": ("mAP", "AP50", "AP25", "mIoU"),
+                "panseg": ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff", "mIoU")}
+
+
+def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
+  """A copy of `config` with `config.model` set, and the pretrained backbone params or None.
+
+  Raises:
+    ValueError: naming the config field when the export and the probe config disagree
+      (input features) or an unsupported option is set.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's stays
+  if config.get("pretrained_pointcept", ""):
+    raise ValueError("config.pretrained_pointcept is not supported by the probe loop yet; "
+                     "convert the checkpoint with pointins_jax.model.pointcept_import or use "
+                     "config.pretrained=EXPORT_DIR.")
+  in_channels = sum(FEATURE_CHANNELS[k] for k in config.data.feat_keys)
+  pretrained = None
+  if config.pretrained:
+    export_config, params = export_lib.load_export(config.pretrained)
+    model = inference.export_model_config(export_config)
+    if tuple(export_config.data.feat_keys) != tuple(config.data.feat_keys):
+      raise ValueError(
+          f"config.data.feat_keys={tuple(config.data.feat_keys)} but the export "
+          f"{config.pretrained} was pretrained on {tuple(export_config.data.feat_keys)}; "
+          "set config.data.feat_keys to match.")
+    pretrained = params["backbone"]
+  else:
+    model = model_configs.model_config(config.model_variant)
+    model.in_channels = in_channels
+  if model.in_channels != in_channels:
+    raise ValueError(f"model.in_channels={model.in_channels} but config.data.feat_keys="
+                     f"{tuple(config.data.feat_keys)} give {in_channels} channels.")
+  model.enc_mode = config.mode == "linear"
+  if config.mode == "linear":
+    # A frozen encoder should give one feature per point, not a stochastic-depth sample.
+    model.drop_path = 0.0
+  config.model = model
+  return config, pretrained
+
+
+def instance_targets(batch: dict) -> dict:
+  """Per-point offset targets: the centroid of the point's instance within its view.
+
+  Args:
+    batch: host batch with coord f32 [B, P, 3] (view frame, metres), instance i32 [B, P]
+      (-1 = none) and valid bool [B, P].
+  Returns:
+    {"instance_centroid": f32 [B, P, 3] (0 where none), "has_instance": bool [B, P]}.
+    As Pointcept's InstanceParser after the crops: the centroid of the points that remain.
+  """
+  coord, inst = batch["coord"], batch["instance"]
+  has = batch["valid"] & (inst >= 0)
+  centroid = np.zeros_like(coord)
+  for b in range(coord.shape[0]):
+    ids, inverse, counts = np.unique(inst[b][has[b]], return_inverse=True, return_counts=True)
+    sums = np.zeros((len(ids), 3), np.float64)
+    np.add.at(sums, inverse, coord[b][has[b]])
+    centroid[b][has[b]] = (sums / counts[:, None])[inverse]
+  return {"instance_centroid": centroid, "has_instance": has}
+
+
+def protocol_of(config) -> protocol_lib.Protocol:
+  """The evaluation protocol of config.data.dataset, checked against config.num_classes."""
+  if not config.data.dataset:
+    raise ValueError("config.data.dataset is empty: name the dataset (e.g. scannet) so the "
+                     "evaluation knows its classes.")
+  protocol = protocol_lib.protocol_for(config.data.dataset)
+  if protocol.num_classes != config.num_classes:
+    raise ValueError(f"config.num_classes={config.num_classes} but dataset "
+                     f"{config.data.dataset!r} has {protocol.num_classes} classes.")
+  return protocol
+
+
+def make_predict_fn(config, params):
+  """numpy batch -> {"probs": [B, P, C], "offsets": [B, P, 3]}, jitted on one local device.
+
+  Parameters are fetched to the host first, so evaluation needs no other process.
+  """
+  params = jax.device_get(params)
+  predict = jax.jit(functools.partial(train_lib.predict, config=config))
+
+  def apply(batch):
+    probs, offsets = predict(params, batch)
+    return {"probs": np.asarray(probs), "offsets": np.asarray(offsets)}
+
+  return apply
+
+
+def evaluate(config, params, *, figure_dir: Optional[str] = None, num_figures: int = 0,
+             log=print) -> dict:
+  """Scores `params` on the first `train.num_eval_scenes` full val scans.
+
+  Semseg: mIoU / mAcc / allAcc; insseg: ScanNet AP / AP50 / AP25 of PointGroup proposals
+  (plus mIoU); panseg: PQ / SQ / RQ and mIoU. Figures of the first `num_figures` scenes
+  go to `figure_dir` as PNGs.
+
+  Returns:
+    the task's metric result dict (`pointins_jax.metrics`), plus "num_scenes" and
+    "figures" (paths written).
+  """
+  protocol = protocol_of(config)
+  predict = make_predict_fn(config, params)
+  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  num_classes = protocol.num_classes
+  confusion = np.zeros((num_classes, num_classes + 1), np.int64)
+  evaluator = None
+  if config.task == "insseg":
+    evaluator = instance_metrics.InstanceAPEvaluator(
+        num_classes, protocol.instance_ignore_classes, protocol.class_names,
+        min_region_size=config.grouping.min_points)
+  elif config.task == "panseg":
+    evaluator = panoptic_metrics.PanopticEvaluator(
+        num_classes, protocol.thing_classes, protocol.class_names, protocol.panoptic_min_points)
+  figures, num_scenes = [], 0
+  for i, scene in enumerate(inference.eval_scenes(config.data, config.train.num_eval_scenes)):
+    if scene.segment is None or (evaluator is not None and scene.instance is None):
+      raise ValueError(f"{scene.source} (scene {scene.name!r}): the {config.data.eval_split!r} "
+                       f"split lacks the labels config.task={config.task!r} is scored on.")
+    out = inference.full_scan_predictions(scene, config.data, predict,
+                                          batch_size=config.train.batch_size,
+                                          stage_capacities_fn=capacities)
+    pred_segment = out["probs"].argmax(-1).astype(np.int32)
+    confusion += semantic_metrics.confusion_matrix(scene.segment, pred_segment, num_classes)
+    pred_instance = None
+    if evaluator is not None:
+      things = (protocol.instance_classes if config.task == "insseg"
+                else protocol.thing_classes)
+      proposals = grouping.pointgroup_proposals(
+          scene.coord, out["offsets"], out["probs"], np.ones(scene.num_points, bool), things,
+          radius=config.grouping.radius, k_neighbors=config.grouping.k_neighbors,
+          min_points=config.grouping.min_points)
+      pred_instance = proposals.to_instance_ids()
+      if config.task == "insseg":
+        evaluator.add_scene(scene.segment, scene.instance, proposals.masks, proposals.classes,
+                            proposals.scores, name=scene.name)
+      else:
+        evaluator.add_scene(scene.segment, scene.instance, pred_segment, pred_instance,
+                            name=scene.name)
+    if figure_dir is not None and i < num_figures:
+      os.makedirs(figure_dir, exist_ok=True)
+      figures.append(_scene_figure(os.path.join(figure_dir, f"val_{i:03d}_{scene.name}.png"),
+                                   scene, pred_segment, pred_instance, out["offsets"]))
+    num_scenes += 1
+    log(f"eval scene {i + 1} ({scene.name}, {scene.num_points} points)")
+  if num_scenes == 0:
+    raise ValueError("config.train.num_eval_scenes selects no validation scene (or the "
+                     f"{config.data.eval_split!r} split of config.data is empty).")
+  semantic_result = semantic_metrics.iou_from_confusion(confusion, protocol.class_names)
+  if config.task == "semseg":
+    result = semantic_result
+  else:
+    result = evaluator.result()
+    if config.task == "insseg":  # the semantic head is trained too; report it
+      result.update({k: semantic_result[k] for k in ("mIoU", "mAcc", "allAcc")})
+  result.update(num_scenes=num_scenes, figures=figures)
+  return result
+
+
+def _scene_figure(path, scene, pred_segment, pred_instance, offsets) -> str:
+  """GT vs predicted instances and the predicted centroids (semantics for semseg)."""
+  colors = visualize.label_colors
+  if pred_instance is None:
+    panels = [("GT semantics", scene.coord, colors(scene.segment)),
+              ("predicted semantics", scene.coord, colors(pred_segment))]
+  else:
+    panels = [("GT instances", scene.coord, colors(scene.instance)),
+              ("predicted instances", scene.coord, colors(pred_instance)),
+              ("predicted centroids x + offset (GT colours)", scene.coord + offsets,
+               colors(scene.instance))]
+  return visualize.plot_panels(panels, path, suptitle=scene.name)
+
+
+def write_eval(workdir: str, config, result: dict, step: int) -> dict:
+  """Writes `workdir/eval.json` (a plain dict) and returns it."""
+  record = dict(report.jsonable(result), task=config.task, mode=config.mode, step=int(step),
+                pretrained=config.pretrained)
+  with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2, allow_nan=True)
+  return record
+
+
+def _check_total_steps(config) -> int:
+  if config.train.total_steps <= 0:
+    raise ValueError(f"config.train.total_steps={config.train.total_steps} must be positive.")
+  return int(config.train.total_steps)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) probing into `workdir`; returns the final evaluation record."""
+  config, pretrained = resolve_model(config)
+  parallel.maybe_initialize_distributed(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.train.batch_size, mesh)
+  protocol_of(config)  # fail on a wrong dataset / num_classes before any compile
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # Data: labelled scenes (data.label_fraction of them), each process its own slice.
+  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  iterator = loader_lib.make_probe_iterator(
+      config.data, seed=config.seed, batch_size=config.train.batch_size // jax.process_count(),
+      stage_capacities_fn=capacities, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
+  total_steps = _check_total_steps(config)
+
+  # State: shapes from eval_shape, created already replicated; the pretrained weights are
+  # an argument (not a constant baked into the compiled init).
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  def init(init_rng, pretrained):
+    return train_lib.init_probe_state(config, init_rng, total_steps,
+                                      pretrained_backbone=pretrained)
+
+  abstract = jax.eval_shape(init, init_rng, pretrained)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.train.keep_checkpoints,
+                                    save_every=config.train.checkpoint_every)
+  abstract_sharded = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+  restored = ckpt.restore_latest(abstract_sharded)
+  if restored is None:
+    state = jax.jit(init, out_shardings=state_sharding)(init_rng, pretrained)
+    start = 0
+  else:
+    start, state, iterator_state, _ = restored
+    if iterator_state is not None:
+      iterator.set_state(iterator_state)
+    print(f"Resumed from {ckpt.directory}/{start}.")
+
+  step_fn = jax.jit(
+      functools.partial(train_lib.probe_step, config=config, total_steps=total_steps),
+      in_shardings=(state_sharding, parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+      out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+  writer = metric_writer.MetricWriter(workdir, enabled=is_main,
+                                      tensorboard=config.train.tensorboard)
+  bar = tqdm(range(start, total_steps), initial=start, total=total_steps,
+             desc=f"probe {config.mode}_{config.task}",
+             disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
+  log = bar.write if config.train.progress_bar else print
+  t_log, steps_since_log = time.perf_counter(), 0
+  stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
+  eval_every = int(config.train.eval_every)
+  for step in bar:
+    if stop_after and step >= start + stop_after:
+      ckpt.close()
+      writer.close()
+      return {}
+    host_batch = next(iterator)
+    host_batch.update(instance_targets(host_batch))
+    batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+    steps_since_log += 1
+    if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
+      last = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = time.perf_counter() - t_log  # fetching metrics waited for the device
+      last.update(step_time=elapsed / steps_since_log,
+                  num_cropped=int(np.sum(host_batch["num_cropped"])))
+      t_log, steps_since_log = time.perf_counter(), 0
+      record = writer.write(step + 1, last)
+      if is_main:
+        log(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic", "loss_offset",
+                                               "accuracy", "skipped") if k in record}))
+        bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+    ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
+              force=step + 1 == total_steps)
+    if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < total_steps and is_main:
+      result = evaluate(config, state.params, log=log)
+      writer.write(step + 1, _summary(config, result))
+  ckpt.wait()
+  record = {}
+  if is_main:
+    result = evaluate(config, state.params, figure_dir=os.path.join(workdir, "figures"),
+                      num_figures=config.train.num_figures, log=log)
+    writer.write(total_steps, _summary(config, result))
+    record = write_eval(workdir, config, result, total_steps)
+    print(report.format_result(result, config.task), flush=True)
+  ckpt.close()
+  writer.close()
+  return record
+
+
+def _summary(config, result: dict) -> dict:
+  return {f"val_{k}": result[k] for k in SUMMARY_KEYS[config.task] if k in result}

@@ -315,3 +315,24 @@ def test_nuscenes_bad_input_names_the_file(tmp_path, case):
 def test_nuscenes_missing_layout(tmp_path):
   with pytest.raises(SceneError, match="pcd.bin"):
     nuscenes.find_scenes(str(tmp_path))
+
+
+def test_point_files_read_each_format_and_estimate_normals(tmp_path):
+  from pointins_jax.data import point_files
+  rng = np.random.default_rng(0)
+  xy = rng.random((400, 2)) * 2.0
+  plane = np.concatenate([xy, np.full((400, 1), 0.5)], axis=1).astype(np.float32)
+  np.save(tmp_path / "scan.npy", np.concatenate([plane, rng.random((400, 3)) * 255], axis=1))
+  scene = point_files.read_point_file(str(tmp_path / "scan.npy"))
+  assert scene.num_points == 400 and scene.color is not None and scene.normal is None
+  np.testing.assert_allclose(point_files.estimate_normals(scene.coord), [[0, 0, 1]] * 400,
+                             atol=1e-5)  # a horizontal plane: every normal is +z
+  kitti = np.concatenate([plane, rng.random((400, 1))], axis=1).astype(np.float32)
+  kitti.tofile(tmp_path / "scan.bin")
+  assert point_files.read_point_file(str(tmp_path / "scan.bin")).strength is not None
+  (tmp_path / "scan.txt").write_text("1 2 3\n")
+  with pytest.raises(SceneError, match="unknown suffix"):
+    point_files.read_point_file(str(tmp_path / "scan.txt"))
+  np.save(tmp_path / "bad.npy", np.zeros((5, 5)))
+  with pytest.raises(SceneError, match=r"bad.npy.*\[N, 3\]"):
+    point_files.read_point_file(str(tmp_path / "bad.npy"))

@@ -1,13 +1,14 @@
 """End to end: pretrain the tiny model 1 step -> linear insseg probe -> unsupervised instances.
 
-Slow (one pretraining compile, ~2.5 min on a 2-core CPU, plus ~1.5 min per stage); sizes:
-2 synthetic-indoor rooms of ~1e4 points, 2048-point buckets, 1 validation scene.
+One test (so xdist keeps the shared pretraining run in one worker): ~2.5 min pretraining
+compile on a 2-core CPU plus ~1.5 min per stage, less when the persistent XLA cache holds
+the step already. Sizes: 2 synthetic-indoor rooms of ~1e4 points, 2048-point buckets,
+1 validation scene.
 """
 import json
 import math
 import os
 
-import pytest
 
 from configs import pointins_indoor
 from configs import probe_indoor
@@ -16,16 +17,12 @@ from pointins_jax import metric_writer
 from pointins_jax.pointins import loop as pretrain_loop
 from pointins_jax.probe import loop as probe_loop
 
-pytestmark = pytest.mark.slow
-
 
 def _in_unit_interval(value):
   return isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("pretrain")
+def _pretrain(workdir):
   config = pointins_indoor.get_config("demo")
   config.data.num_scenes = 2
   config.train.update(total_steps=1, tensorboard=False, progress_bar=False)
@@ -33,7 +30,13 @@ def export_dir(tmp_path_factory):
   return str(workdir / "export")
 
 
-def test_linear_insseg_probe_writes_eval_and_resumes(export_dir, tmp_path, capsys):
+def test_pretrain_then_probe_and_unsupervised_instances(tmp_path, capsys):
+  export_dir = _pretrain(tmp_path / "pretrain")
+  _check_linear_insseg_probe(export_dir, tmp_path / "probe", capsys)
+  _check_unsup_instances_cli(export_dir, tmp_path / "unsup", capsys)
+
+
+def _check_linear_insseg_probe(export_dir, tmp_path, capsys):
   config = probe_indoor.get_config("linear_insseg,demo")
   config.pretrained = export_dir
   config.data.num_scenes = 2
@@ -59,8 +62,7 @@ def test_linear_insseg_probe_writes_eval_and_resumes(export_dir, tmp_path, capsy
   assert again["mAP"] == record["mAP"] and again["mIoU"] == record["mIoU"]
 
 
-def test_unsup_instances_cli(export_dir, tmp_path, capsys):
-  out = tmp_path / "unsup"
+def _check_unsup_instances_cli(export_dir, out, capsys):
   unsup_instances.main(["--pretrained", export_dir, "--data", "synthetic-indoor",
                         "--num-scenes", "1", "--out", str(out)])
   text = capsys.readouterr().out

@@ -82,6 +82,31 @@ class Checkpointer:
     self._manager.close()
 
 
+def create_or_restore(ckpt: Checkpointer, init, init_args: tuple, sharding, iterator=None):
+  """The train state at the start of a run: restored from `ckpt`, or created sharded.
+
+  Args:
+    ckpt: the run's Checkpointer.
+    init: pure function `init(*init_args) -> state`; jitted with `out_shardings=sharding`
+      so the state is created already placed (never materialised on one device first).
+    sharding: pytree of shardings matching `jax.eval_shape(init, *init_args)`.
+    iterator: the grain iterator whose state the checkpoint restores (optional).
+  Returns:
+    (start step, state).
+  """
+  abstract = jax.eval_shape(init, *init_args)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, sharding)
+  restored = ckpt.restore_latest(target)
+  if restored is None:
+    return 0, jax.jit(init, out_shardings=sharding)(*init_args)
+  start, state, iterator_state, _ = restored
+  if iterator_state is not None and iterator is not None:
+    iterator.set_state(iterator_state)
+  print(f"Resumed from {ckpt.directory}/{start}.")
+  return start, state
+
+
 def abstract_like(tree):
   """ShapeDtypeStructs (with shardings) describing a pytree of arrays."""
   return jax.tree.map(

@@ -56,6 +56,23 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, field: str = "config.trai
                      f"mesh; set it to a multiple of {devices}.")
 
 
+def start_run(config, workdir: str) -> tuple[Mesh, bool]:
+  """Common start of a training job: hosts joined, mesh built, config saved.
+
+  Returns (mesh over every device, whether this is the main process). Process 0 writes
+  `workdir/config.json`.
+  """
+  maybe_initialize_distributed(config)
+  mesh = make_mesh()
+  check_batch_divisible(config.train.batch_size, mesh)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return mesh, is_main
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Places a host batch (numpy, global on one process) sharded along its first axis.
 

@@ -7,7 +7,6 @@ interpreter stays fast; production is SCR's ~10k-100k centroids per scene with k
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

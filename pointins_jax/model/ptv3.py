@@ -79,7 +79,6 @@ class PointTransformerV3(nn.Module):
     _check_inputs(coord, feat, grid, valid, cfg)
     dtype = configs.dtype_of(cfg)
     capacities = configs.stage_capacities(cfg, valid.shape[1])
-    patch_sizes = configs.stage_patch_sizes(cfg)
     orders = tuple(cfg.orders)
     grid = grid.astype(jnp.int32)
     coord = jnp.where(valid[..., None], coord, 0.0)

@@ -11,7 +11,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -39,14 +38,7 @@ def _host_metrics(metrics) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) PointINS pretraining into `workdir`; returns the last metrics."""
-  parallel.maybe_initialize_distributed(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_divisible(config.train.batch_size, mesh)
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  mesh, is_main = parallel.start_run(config, workdir)
 
   # Data: each process reads its own slice of the global batch.
   capacities = functools.partial(model_configs.stage_capacities, config.model)
@@ -60,22 +52,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   init = functools.partial(train_lib.init_train_state, config, total_steps=total_steps)
-  abstract = jax.eval_shape(init, init_rng)
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh),
+                                jax.eval_shape(init, init_rng))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.train.keep_checkpoints,
                                     save_every=config.train.checkpoint_every)
-  abstract_sharded = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-  restored = ckpt.restore_latest(abstract_sharded)
-  if restored is None:
-    state = jax.jit(init, out_shardings=state_sharding)(init_rng)
-    start = 0
-  else:
-    start, state, iterator_state, _ = restored
-    if iterator_state is not None:
-      iterator.set_state(iterator_state)
-    print(f"Resumed from {ckpt.directory}/{start}.")
+  start, state = checkpointing.create_or_restore(ckpt, init, (init_rng,), state_sharding,
+                                                 iterator)
 
   step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
                                       parallel.batch_sharded(mesh), parallel.replicated(mesh))

@@ -233,15 +233,8 @@ def _check_total_steps(config) -> int:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) probing into `workdir`; returns the final evaluation record."""
   config, pretrained = resolve_model(config)
-  parallel.maybe_initialize_distributed(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_divisible(config.train.batch_size, mesh)
   protocol_of(config)  # fail on a wrong dataset / num_classes before any compile
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  mesh, is_main = parallel.start_run(config, workdir)
 
   # Data: labelled scenes (data.label_fraction of them), each process its own slice.
   capacities = functools.partial(model_configs.stage_capacities, config.model)
@@ -259,22 +252,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return train_lib.init_probe_state(config, init_rng, total_steps,
                                       pretrained_backbone=pretrained)
 
-  abstract = jax.eval_shape(init, init_rng, pretrained)
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh),
+                                jax.eval_shape(init, init_rng, pretrained))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.train.keep_checkpoints,
                                     save_every=config.train.checkpoint_every)
-  abstract_sharded = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-  restored = ckpt.restore_latest(abstract_sharded)
-  if restored is None:
-    state = jax.jit(init, out_shardings=state_sharding)(init_rng, pretrained)
-    start = 0
-  else:
-    start, state, iterator_state, _ = restored
-    if iterator_state is not None:
-      iterator.set_state(iterator_state)
-    print(f"Resumed from {ckpt.directory}/{start}.")
+  start, state = checkpointing.create_or_restore(ckpt, init, (init_rng, pretrained),
+                                                 state_sharding, iterator)
 
   step_fn = jax.jit(
       functools.partial(train_lib.probe_step, config=config, total_steps=total_steps),

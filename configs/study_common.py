@@ -1,0 +1,60 @@
+"""Fields shared by the study configs (`experiments.study`, `pointins_jax.study`)."""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def study_config(kind: str, arg) -> ml_collections.ConfigDict:
+  """The study config for 'indoor' | 'outdoor'.
+
+  Variants (`--config configs/study_KIND.py:VARIANT[,tables=table3+table13][,seeds=2]`):
+    small  3 seeds, every table, the demo's tiny model and 16 synthetic scenes; hours on a
+           2-core CPU (each run = one pretraining + one probe compile, ~1-2 min each).
+    tiny   1 seed, 2 + 2 steps, 4 scenes: a smoke test of the whole pipeline (tests).
+  `tables` picks tables ('+'-separated, since ',' separates config arguments); `seeds`
+  sets how many seeds (0 .. seeds-1).
+  """
+  from pointins_jax import study  # pylint: disable=import-outside-toplevel
+  arg = common.parse_arg(arg, variant="small", tables="+".join(study.TABLES), seeds=0)
+  indoor = kind == "indoor"
+  config = ml_collections.ConfigDict()
+  config.kind = kind
+  # Every run starts from these configs; the study overrides only config.offset fields
+  # (the variants) and the budget fields below.
+  config.pretrain_config = f"configs/pointins_{kind}.py:demo"
+  config.probe_config = ("configs/probe_indoor.py:linear_insseg,demo" if indoor
+                         else "configs/probe_outdoor.py:linear_panseg,demo")
+  config.tables = arg.tables
+  config.seeds = (0, 1, 2)
+  # The fixed budget, identical for every run.
+  config.pretrain_steps = 60
+  config.probe_steps = 60
+  config.batch_size = 2  # scenes per step, pretraining and probing
+  config.num_scenes = 16  # synthetic training scenes (pretraining and probe training)
+  config.num_eval_scenes = 4  # synthetic validation scenes scored by the probe
+  config.unsup_scenes = 4  # validation scenes scored in Table 13
+  # Table 5: both parametric priors at the paper's values, whatever the base config uses.
+  config.priors = ml_collections.ConfigDict(dict(
+      gamma=dict(kind="gamma", a=0.24, theta=2.53),
+      lognormal=dict(kind="lognormal", mu=0.0, sigma=0.76)))
+  config.prior_fraction = 0.01  # of the training scenes (at least one) for fitted priors
+  config.warmup_ratios = (0.0, 0.1, 0.3)  # Table 10
+  # Prior robustness holds when the priors' primary-metric means span at most this
+  # (fraction, i.e. 0.05 = 5 points) or 2 seed stds, whichever is larger.
+  config.robust_tolerance = 0.05
+  config.inner_progress_bars = False  # the study shows one bar over runs
+  if arg.variant == "tiny":
+    config.seeds = (0,)
+    config.pretrain_steps = 2
+    config.probe_steps = 2
+    config.num_scenes = 4
+    config.num_eval_scenes = 1
+    config.unsup_scenes = 1
+  elif arg.variant != "small":
+    raise ValueError(f"Unknown variant {arg.variant!r} of configs/study_{kind}.py; use small "
+                     "or tiny.")
+  if arg.seeds > 0:
+    config.seeds = tuple(range(arg.seeds))
+  return config

@@ -1,0 +1,164 @@
+"""The paper's comparisons (Tables 3, 5, 8, 10, 13) at small scale on synthetic data.
+
+  python -m experiments.study --config configs/study_indoor.py --workdir runs/study_indoor
+  python -m experiments.study --config configs/study_outdoor.py:tiny,tables=table3 \
+      --workdir /tmp/study_smoke
+
+Every run is one pretraining variant with the same step budget, then a linear probe with
+the same budget, for each seed; Table 13 scores unsupervised instances from the exports.
+Writes WORKDIR/report.md and WORKDIR/figures/*.png. Re-running with the same --workdir
+skips finished runs (WORKDIR/runs/<name>/result.json) and resumes unfinished ones from
+their checkpoints (WORKDIR/pretrain/<variant>__seed<k>, WORKDIR/runs/<name>/probe).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from experiments.fit_prior import load_config
+from pointins_jax import study as study_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (file.py:variant).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs, report.md, figures).")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Write report.md from the runs finished so far (missing cells n/a); "
+    "run nothing.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def pretrain_base(study):
+  """The pretraining config of every variant, with the study's budget applied."""
+  config = load_config(study.pretrain_config)
+  config.train.total_steps = int(study.pretrain_steps)
+  config.train.batch_size = int(study.batch_size)
+  config.train.checkpoint_every = max(1, int(study.pretrain_steps) // 4)
+  config.train.log_every = max(1, int(study.pretrain_steps) // 4)
+  config.train.progress_bar = bool(study.inner_progress_bars)
+  config.train.tensorboard = False  # the study's record is result.json + report.md
+  config.data.num_scenes = int(study.num_scenes)
+  return config
+
+
+def probe_base(study):
+  """The probe config of every run, with the study's budget applied."""
+  config = load_config(study.probe_config)
+  config.train.total_steps = int(study.probe_steps)
+  config.train.batch_size = int(study.batch_size)
+  config.train.checkpoint_every = max(1, int(study.probe_steps) // 4)
+  config.train.log_every = max(1, int(study.probe_steps) // 4)
+  config.train.progress_bar = bool(study.inner_progress_bars)
+  config.train.tensorboard = False
+  config.train.num_eval_scenes = int(study.num_eval_scenes)
+  config.train.num_figures = 0
+  config.data.num_scenes = int(study.num_scenes)
+  return config
+
+
+def fit_prior(spec: dict, pretrain_config, seed: int, path: str) -> dict:
+  """Fits a Table 5 prior (spec {kind: 'fit', source, fraction}) on the training scenes,
+  saves it to `path` (.npz) and returns the `magnitude_prior` dict that loads it."""
+  from pointins_jax.data import loader  # pylint: disable=import-outside-toplevel
+  from pointins_jax.pointins import priors  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    source = loader.scene_source(pretrain_config.data)
+    items = list(range(len(source)))
+    fit_fn = {"labels": priors.fit_empirical_prior, "hdbscan": priors.fit_hdbscan_prior}
+    if spec["source"] not in fit_fn:
+      raise ValueError(f"study prior source {spec['source']!r}: use labels or hdbscan.")
+    fit = fit_fn[spec["source"]](items, float(spec["fraction"]), seed, source.__getitem__)
+    fit.prior.save(path + ".tmp.npz")
+    os.replace(path + ".tmp.npz", path)  # a half-written prior must not be reused
+  return dict(kind="file", path=os.path.abspath(path))
+
+
+def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
+  """The export/ folder of the run's variant and seed, pretraining (or resuming) it first.
+
+  Shared by the variant's probe and unsup runs. RANDOM_INIT: an export of freshly
+  initialised weights (for Table 13's random-init offsets), no training.
+  """
+  from pointins_jax import export as export_lib  # pylint: disable=import-outside-toplevel
+  pretrain_dir = os.path.join(workdir, "pretrain", f"{run.variant}__seed{run.seed}")
+  export_dir = os.path.join(pretrain_dir, "export")
+  if os.path.isfile(os.path.join(export_dir, "config.json")):  # written last by the export
+    return export_dir
+  config = base.copy_and_resolve_references()
+  config.seed = run.seed
+  os.makedirs(pretrain_dir, exist_ok=True)
+  for key, value in run.override_dict().items():
+    if isinstance(value, dict) and value.get("kind") == study_lib.FIT_PRIOR:
+      value = fit_prior(value, config, run.seed, os.path.join(pretrain_dir, "prior.npz"))
+    parent, _, leaf = key.rpartition(".")
+    study_lib.lookup(config, parent)[leaf] = value
+  if run.pretrained:
+    from pointins_jax.pointins import loop  # pylint: disable=import-outside-toplevel
+    loop.train_and_evaluate(config, pretrain_dir)
+  else:
+    import jax  # pylint: disable=import-outside-toplevel
+    from pointins_jax.pointins import train  # pylint: disable=import-outside-toplevel
+    state = jax.jit(lambda rng: train.init_train_state(config, rng, total_steps=1))(
+        jax.random.key(run.seed))
+    export_lib.export_encoder(export_dir, config, state)
+  return export_dir
+
+
+def make_runner(study, workdir: str):
+  """(run, run_dir) -> metrics, the real runner of `study_lib.execute`."""
+  pretrain, probe = pretrain_base(study), probe_base(study)
+
+  def runner(run: study_lib.Run, run_dir: str) -> dict:
+    if run.kind == "unsup":
+      from pointins_jax.probe import unsupervised  # pylint: disable=import-outside-toplevel
+      result = unsupervised.run(ensure_export(run, pretrain, workdir), pretrain.data.dataset,
+                                out_dir=run_dir, num_scenes=int(study.unsup_scenes),
+                                batch_size=int(study.batch_size), log=logging.info)
+      return {m: result[m] for m in study_lib.UNSUP_METHODS}
+    from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
+    config = probe.copy_and_resolve_references()
+    config.seed = run.seed
+    config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
+    record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
+    return {k: float(record[k]) for k in study_lib.PROBE_METRICS[config.task]}
+
+  return runner, pretrain, probe
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  import jax  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  study, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  runner, pretrain, probe = make_runner(study, workdir)
+  plan = study_lib.make_plan(study, pretrain, probe.task)
+  if _REPORT_ONLY.value:
+    records = study_lib.finished(plan, workdir)
+  else:
+    records = study_lib.execute(plan, workdir, runner)
+  model = pretrain.model
+  budget = {
+      "pretraining": f"{study.pretrain_steps} steps x batch {study.batch_size} "
+                     f"({study.pretrain_config})",
+      "probe": f"{study.probe_steps} steps x batch {study.batch_size} ({study.probe_config})",
+      "scenes": f"{study.num_scenes} synthetic training scenes ({pretrain.data.dataset}), "
+                f"{study.num_eval_scenes} validation scenes (probe), {study.unsup_scenes} "
+                "(Table 13)",
+      "model": f"PTv3 encoder depths {tuple(model.enc_depths)} widths "
+               f"{tuple(model.enc_channels)}",
+  }
+  machine = {"jax.devices()": str(jax.devices()), "CPU count": os.cpu_count()}
+  path = study_lib.write_report(workdir, plan, records, pretrain, budget=budget,
+                                machine=machine, wall_s=time.perf_counter() - start,
+                                robust_tolerance=float(study.robust_tolerance),
+                                title=f"PointINS synthetic-{study.kind} study")
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,170 @@
+"""Study planning, aggregation, claims, report and resumability with fake run results."""
+import math
+import os
+
+import pytest
+
+from configs import pointins_indoor
+from configs import pointins_outdoor
+from configs import study_indoor
+from pointins_jax import study
+
+
+def _plan(tables="table3+table5+table8+table10+table13", seeds=2, base=None, task="insseg"):
+  config = study_indoor.get_config(f"small,tables={tables},seeds={seeds}")
+  base = base or pointins_indoor.get_config("demo")
+  return study.make_plan(config, base, task), base
+
+
+def _fake_runner(scores, calls=None):
+  """Runner whose primary metric is scores[variant] + 0.01 * seed (others derived)."""
+
+  def runner(run, run_dir):
+    assert os.path.isdir(run_dir)
+    if calls is not None:
+      calls.append(run.name)
+    if run.kind == "unsup":
+      pointins = 0.3 if run.variant == study.POINTINS else 0.05
+      return {"PointINS": dict(mAP=pointins, AP50=pointins, AP25=pointins),
+              "HDBSCAN": dict(mAP=0.2, AP50=0.3, AP25=0.4),
+              "Felzenszwalb": dict(mAP=0.1, AP50=0.2, AP25=0.3)}
+    value = scores.get(run.variant, 0.2) + 0.01 * run.seed
+    return dict(mIoU=value, mAP=value, AP50=value + 0.1, AP25=value + 0.2)
+
+  return runner
+
+
+def test_shared_rows_are_one_run():
+  plan, _ = _plan()
+  names = [r.name for r in plan.runs]
+  assert len(names) == len(set(names))
+  rows = {t.key: {r.label: r.variant for r in t.rows} for t in plan.tables}
+  # Full PointINS fills a row of every probe table (indoor default prior is the Gamma one).
+  assert rows["table3"]["+ ODR + SCR (PointINS)"] == study.POINTINS
+  assert rows["table5"]["Gamma"] == study.POINTINS
+  assert rows["table8"]["ODR then SCR (PointINS)"] == study.POINTINS
+  assert rows["table10"]["warm-up 0.1"] == study.POINTINS
+  # 'No regularisation' (odr off) is Table 3's '+ SCR'.
+  assert rows["table5"]["No regularisation (no ODR)"] == rows["table3"]["+ SCR"]
+  assert all(t.rows[0].variant == study.RANDOM_INIT for t in plan.tables if t.key != "table13")
+  probe_variants = {r.variant for r in plan.runs if r.kind == "probe"}
+  # random, dos, offset-only, odr-only, scr-only, pointins, lognormal, 2 fitted, 2 layouts,
+  # 2 warm-ups: 13 variants x 2 seeds, plus 2 unsup x 2 seeds.
+  assert len(probe_variants) == 13
+  assert len(plan.runs) == 13 * 2 + 2 * 2
+  assert [r.seed for r in plan.runs[:13]] == [0] * 13  # seed-major
+
+
+def test_outdoor_gamma_differs_lognormal_is_base():
+  base = pointins_outdoor.get_config("demo")
+  plan, _ = _plan(tables="table5", seeds=1, base=base, task="panseg")
+  rows = {r.label: r.variant for r in plan.tables[0].rows}
+  assert rows["LogNormal"] == study.POINTINS
+  assert rows["Gamma"] != study.POINTINS
+  assert plan.tables[0].metrics == study.PROBE_METRICS["panseg"]
+
+
+def test_bad_config_fields_are_named():
+  with pytest.raises(ValueError, match="config.tables"):
+    study.parse_tables("table3+table99")
+  with pytest.raises(KeyError, match="offset.nope"):
+    study.canonical_variant({"offset.nope": 1}, pointins_indoor.get_config("demo"))
+
+
+def test_mean_std():
+  stat = study.mean_std([0.1, 0.3, float("nan")])
+  assert stat.n == 2 and stat.mean == pytest.approx(0.2)
+  assert stat.std == pytest.approx(math.sqrt(0.02))  # ddof=1
+  assert str(stat) == "20.0 ± 14.1"
+  assert study.mean_std([0.5]).std == 0.0
+  assert study.mean_std([]).n == 0 and str(study.mean_std([])) == "n/a"
+
+
+def test_aggregate_over_seeds(tmp_path):
+  plan, _ = _plan(tables="table3", seeds=2)
+  records = study.execute(plan, str(tmp_path), _fake_runner({study.POINTINS: 0.5}),
+                          progress=False, log=lambda *_: None)
+  cell = study.aggregate(plan, records)["table3"]["+ ODR + SCR (PointINS)"]["mAP"]
+  assert cell.n == 2 and cell.mean == pytest.approx(0.505)
+  assert cell.std == pytest.approx(math.sqrt(2 * 0.005 ** 2))
+
+
+def _claims(tmp_path, scores, tables="table3+table5+table8+table10+table13", seeds=2):
+  plan, base = _plan(tables=tables, seeds=seeds)
+  records = study.execute(plan, str(tmp_path), _fake_runner(scores), progress=False,
+                          log=lambda *_: None)
+  return {c.text: c.verdict for c in study.claims(
+      plan, study.aggregate(plan, records), base, robust_tolerance=0.05)}
+
+
+def test_claims_agree_when_pointins_wins(tmp_path):
+  verdicts = _claims(tmp_path, {study.POINTINS: 0.5, "dos": 0.2})
+  # Priors: pointins 0.5 vs the rest 0.2 -> spread 0.3 > tolerance.
+  robust = [v for k, v in verdicts.items() if "robust" in k]
+  assert robust == ["disagrees"]
+  assert [v for k, v in verdicts.items() if "robust" not in k] == ["agrees"] * 4
+
+
+def test_claims_disagree_and_inconclusive(tmp_path):
+  verdicts = list(_claims(tmp_path, {study.POINTINS: 0.2, "dos": 0.5, "odr=0": 0.2},
+                          tables="table3+table5").values())
+  # over DOS: loses; regularisers: ties with SCR-only (within noise) and loses to none.
+  assert verdicts[0] == "disagrees"
+  assert verdicts[1] == "inconclusive"
+  assert verdicts[2] == "agrees"  # every prior scores 0.2 (+ seed) -> robust
+  assert verdicts[3:] == ["not run", "not run"]
+
+
+def test_report(tmp_path):
+  plan, base = _plan(seeds=2)
+  records = study.execute(plan, str(tmp_path), _fake_runner({study.POINTINS: 0.5}),
+                          progress=False, log=lambda *_: None)
+  path = study.write_report(str(tmp_path), plan, records, base,
+                            budget={"pretraining": "2 steps"}, machine={"CPU count": 2},
+                            wall_s=1.0, robust_tolerance=0.05)
+  text = open(path, encoding="utf-8").read()
+  for needle in ("2 steps", "CPU count", "seeds**: [0, 1]", "Table 3", "Table 13",
+                 "50.5 ± 0.7", "**agrees**", "figures/table3.png"):
+    assert needle in text, needle
+  for table in study.TABLES:
+    assert os.path.getsize(tmp_path / "figures" / f"{table}.png") > 1000
+
+
+def test_finished_runs_are_skipped(tmp_path):
+  plan, _ = _plan(tables="table3+table13", seeds=1)
+  calls = []
+  runner = _fake_runner({}, calls)
+  study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
+  assert sorted(calls) == sorted(r.name for r in plan.runs)
+  calls.clear()
+  records = study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
+  assert not calls and len(records) == len(plan.runs)
+  os.remove(study.result_path(str(tmp_path), plan.runs[2]))
+  study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
+  assert calls == [plan.runs[2].name]
+
+
+def test_a_failed_run_is_not_marked_finished(tmp_path):
+  plan, _ = _plan(tables="table3", seeds=1)
+  fake = _fake_runner({})
+
+  def runner(run, run_dir):
+    if run.variant == "dos":
+      raise RuntimeError("killed")
+    return fake(run, run_dir)
+
+  with pytest.raises(RuntimeError):
+    study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
+  done = {r.name for r in plan.runs if study.load_result(str(tmp_path), r)}
+  assert done == {plan.runs[0].name}  # random_init ran first; dos failed; rest not started
+
+
+@pytest.mark.slow
+def test_real_tiny_study(tmp_path):
+  """One real run of the CLI (2 + 2 steps, Table 3 only; ~15 min on 2 CPU cores)."""
+  import subprocess
+  import sys
+  subprocess.run([sys.executable, "-m", "experiments.study", "--config",
+                  "configs/study_indoor.py:tiny,tables=table3", "--workdir", str(tmp_path)],
+                 check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert "Table 3" in open(tmp_path / "report.md", encoding="utf-8").read()

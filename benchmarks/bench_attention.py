@@ -13,14 +13,13 @@ Pallas runs only on a GPU (interpret mode is a correctness tool, not a speed pat
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels import dispatch
 from kernels import patch_attention as pa
+from benchmarks.timing import median_seconds
 
 _PATCH_LEN, _HEAD_DIM = 1024, 16
 _SIZES = {  # (gpu, quick) -> [(P, H)]
@@ -33,16 +32,6 @@ _SWEEP = [pa.BlockSizes(bq, bk, bq_bwd, bk_bwd, num_warps=warps)
           for bq, bk in ((64, 64), (128, 64), (128, 128))
           for bq_bwd, bk_bwd in ((32, 32), (64, 64), (64, 128), (128, 64))
           for warps in (4, 8)]
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def matmul_gflops(dtype, repeats: int) -> float:

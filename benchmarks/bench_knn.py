@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -21,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from kernels import dispatch
 from kernels import knn as knn_lib
+from benchmarks.timing import median_seconds
 
 # (k, max_distance): SCR indoor (150, 1.2 m), outdoor (20, 1 m), and both unbounded.
 CASES = ((20, None), (20, 1.0), (150, None), (150, 1.2))
@@ -48,15 +47,6 @@ def surface_cloud(num_points, rng):
   s, t = rng.uniform(0, 1, (2, num_points, 1))
   points = origin + s * u + t * v + rng.normal(0, 0.01, (num_points, 3))
   return points.astype(np.float32)
-
-
-def _median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _ckdtree(points, k, max_distance):
@@ -93,8 +83,10 @@ def main():
   print("|" + "---|" * len(header))
   for cloud_name, points in clouds.items():
     for k, max_distance in CASES:
-      baseline = _median_seconds(lambda: _ckdtree(points, k, max_distance), repeats)
-      ours = [_median_seconds(_ours(points, k, max_distance, impl), repeats) for impl in impls]
+      baseline = median_seconds(lambda: _ckdtree(points, k, max_distance), repeats,
+                                warmup=False)
+      ours = [median_seconds(_ours(points, k, max_distance, impl), repeats, warmup=False)
+              for impl in impls]
       row = [cloud_name, str(k), "-" if max_distance is None else f"{max_distance} m",
              f"{baseline:.3f}"] + [f"{t:.3f}" for t in ours] + [f"{t / baseline:.2f}"
                                                                 for t in ours]

@@ -12,7 +12,6 @@ attention table times `patch_attention` (impl 'auto') at the base model's per-st
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +20,9 @@ import numpy as np
 from kernels import patch_attention as pa
 from pointins_jax.model import configs
 from pointins_jax.model import ptv3
+from benchmarks.timing import median_seconds
 
 _GRID_SIZE = 0.02  # metres
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def room_scene(n_points: int, in_channels: int, seed: int = 0):

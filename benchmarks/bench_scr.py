@@ -26,6 +26,7 @@ from kernels import knn as knn_lib
 from pointins_jax.pointins import connected_components as cc_lib
 from pointins_jax.pointins import kmeans as kmeans_lib
 from pointins_jax.pointins import scr
+from benchmarks.timing import median_seconds
 
 
 def room_scene(n: int, seed: int = 0):
@@ -74,15 +75,6 @@ def baseline(coord, offsets, features, valid, *, num_clusters, kmeans_iters, k_n
   return target, has_target
 
 
-def median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def our_stage_seconds(coord, offsets, features, valid, key, params, knn_impl, repeats):
   """Medians of our three stages run separately (jitted, after compilation)."""
   kmeans = jax.jit(functools.partial(kmeans_lib.kmeans, k=params["num_clusters"],
@@ -123,7 +115,7 @@ def main():
   ours_s = median_seconds(lambda: jax.block_until_ready(ours(*arrays, key)), repeats)
   _, ref_has_target = baseline(coord, offsets, features, valid, **params)
   base_s = median_seconds(lambda: baseline(coord, offsets, features, valid, **params),
-                          repeats)
+                          repeats, warmup=False)
 
   print(f"device: {jax.devices()[0].device_kind}; N={n}, {params}, knn_impl={args.knn_impl}, "
         f"median of {repeats}")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pointins_jax.pointins import semantic
+from benchmarks.timing import median_seconds
 
 VARIANTS = (("assignment", "uniform"), ("assignment", "zipf"), ("softmap", "uniform"),
             ("softmap", "zipf"))
@@ -45,16 +44,6 @@ def loss_and_grad(student, teacher, weights, *, target, prior):
                                        teacher_temperature=0.07, student_temperature=0.1,
                                        marginal=marginal)[0]
   return jax.value_and_grad(loss_fn)(student)
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.bench_model import median_seconds
+from benchmarks.timing import median_seconds
 from configs import common
 from configs import pointins_indoor
 from pointins_jax.data import loader as loader_lib

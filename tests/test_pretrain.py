@@ -49,7 +49,6 @@ def test_export_round_trips(tmp_path):
     export_lib.load_export(str(tmp_path / "nope"))
 
 
-@pytest.mark.slow
 def test_demo_loss_falls(tmp_path):
   config = small_config(total_steps=60, log_every=5)
   loop.train_and_evaluate(config, str(tmp_path))

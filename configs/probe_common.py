@@ -46,3 +46,25 @@ def probe_config(kind: str, variant: str) -> ml_collections.ConfigDict:
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1))
   return config
+
+
+def get_probe_config(kind: str, arg, default_variant: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of configs/probe_{indoor,outdoor}.py: MODE_TASK[,demo][,dataset=][,root=].
+
+  `demo` probes on synthetic scenes generated on the fly with a CPU-sized budget.
+  """
+  from configs import common  # pylint: disable=import-outside-toplevel
+  synthetic = f"synthetic-{kind}"
+  arg = common.parse_arg(arg, variant=default_variant, demo=False, dataset=synthetic, root="")
+  config = probe_config(kind, arg.variant)
+  config.data.dataset = arg.dataset
+  config.data.root = arg.root
+  if arg.demo:
+    config.data.dataset = synthetic
+    config.data.num_scenes = 16
+    config.data.synthetic_small = True
+    config.data.buckets = (2048,)
+    config.train.update(batch_size=2, total_steps=150, log_every=10, checkpoint_every=50,
+                        num_eval_scenes=4)
+    config.optim.lr = 5e-3
+  return config

@@ -135,6 +135,9 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   study, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    # Seeds of one variant compile the same programs: a persistent cache compiles each once.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
   runner, pretrain, probe = make_runner(study, workdir)
   plan = study_lib.make_plan(study, pretrain, probe.task)
   if _REPORT_ONLY.value:

@@ -102,7 +102,7 @@ def test_claims_agree_when_pointins_wins(tmp_path):
   # Priors: pointins 0.5 vs the rest 0.2 -> spread 0.3 > tolerance.
   robust = [v for k, v in verdicts.items() if "robust" in k]
   assert robust == ["disagrees"]
-  assert [v for k, v in verdicts.items() if "robust" not in k] == ["agrees"] * 4
+  assert [v for k, v in verdicts.items() if "robust" not in k] == ["agrees"] * 5
 
 
 def test_claims_disagree_and_inconclusive(tmp_path):
@@ -112,7 +112,7 @@ def test_claims_disagree_and_inconclusive(tmp_path):
   assert verdicts[0] == "disagrees"
   assert verdicts[1] == "inconclusive"
   assert verdicts[2] == "agrees"  # every prior scores 0.2 (+ seed) -> robust
-  assert verdicts[3:] == ["not run", "not run"]
+  assert verdicts[3:] == ["not run", "not run", "not run"]
 
 
 def test_report(tmp_path):

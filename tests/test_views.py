@@ -114,3 +114,42 @@ def test_fragment_views_cover_scan():
   np.testing.assert_array_equal(np.unique(ids), np.arange(scene.num_points))
   for f in fragments:
     assert f["visible"].all()
+
+
+def test_probe_view_crops_around_random_points_and_recentres():
+  """Crops to the largest bucket reach the whole room (not only its centre), centred."""
+  scene, c = make_scene(), small_config()
+  c.buckets = (256,)
+  c.augment.enabled = False
+  origin_coord = views.centred(scene).coord
+  seen = np.zeros(scene.num_points, bool)
+  for seed in range(12):
+    view = views.probe_view(scene, c, np.random.default_rng(seed), augment=False)
+    assert view["coord"].shape[0] == 256
+    lo, hi = view["coord"].min(0), view["coord"].max(0)
+    np.testing.assert_allclose([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], 0, atol=1e-5)
+    # A crop is the 256 nearest points to one centre: a ball in the scene frame.
+    crop = origin_coord[view["index"]]
+    radius = np.linalg.norm(crop - crop.mean(0), axis=1).max()
+    assert radius < 2.5  # the room's half-diagonal is ~2.9 m
+    seen[view["index"]] = True
+  # Walls (segment 0) and both ends of the floor get trained on.
+  assert seen[scene.segment == 0].any()
+  floor_x = origin_coord[seen & (scene.segment == 1), 0]
+  assert floor_x.min() < -1.0 and floor_x.max() > 1.0
+
+
+def test_recentre_moves_coord_features_only():
+  scene, c = make_scene(), small_config()
+  view = views.fragment_views(scene, c)[0]
+  part = {k: (v[:500] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == len(view["coord"])
+              else v) for k, v in view.items()}
+  part["coord"] = part["coord"] + np.float32([1.0, -2.0, 0.5])
+  out = views.recentre(part, c.feat_keys)
+  lo, hi = out["coord"].min(0), out["coord"].max(0)
+  np.testing.assert_allclose([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], 0, atol=1e-5)
+  np.testing.assert_allclose(out["feat"][:, :3], out["coord"])  # feat_keys start with coord
+  np.testing.assert_array_equal(out["feat"][:, 3:], part["feat"][:, 3:])  # colour, normal
+  shift = out["view_translation"] - part["view_translation"]
+  np.testing.assert_allclose(out["coord"] - part["coord"],
+                             np.broadcast_to(shift, part["coord"].shape), atol=1e-5)

@@ -224,7 +224,7 @@ def _chunks(view: dict, data_config, stage_capacities_fn) -> list[dict]:
       piece, _, removed = batching.fit_view(piece, data_config.grid_size, stage_capacities)
       if removed:  # return the points the fit dropped to `rest`
         take[np.flatnonzero(take)[~np.isin(rest["index"][take], piece["index"])]] = False
-    pieces.append(piece)
+    pieces.append(views_lib.recentre(piece, data_config.feat_keys))
     rest = batching.subset_view(rest, ~take)
   return pieces
 

@@ -69,6 +69,9 @@ def _labels(values, n):
   return np.full(n, -1, np.int32) if values is None else values.astype(np.int32)
 
 
+FEATURE_WIDTHS = dict(coord=3, color=3, normal=3, strength=1)  # feat columns per feat_keys entry
+
+
 def _features(coord: np.ndarray, scene: Scene, color, normal, feat_keys) -> np.ndarray:
   """Concatenates `feat_keys` in order: f32 [n, C] (colour divided by 255)."""
   sources = dict(coord=coord, normal=normal,
@@ -143,11 +146,40 @@ def pretrain_views(scene: Scene, config, rng: np.random.Generator) -> list[dict]
 
 
 def probe_view(scene: Scene, config, rng: np.random.Generator, *, augment: bool) -> dict:
-  """One unmasked view of the whole grid-sampled scene (probing / fine-tuning)."""
+  """One unmasked view of the grid-sampled scene (probing / fine-tuning).
+
+  A scene larger than the largest bucket is cut to it around a random point (Pointcept's
+  SphereCrop(mode='random')) and the crop is centred again: cropping later, in
+  `batching.collate`, would keep the bbox centre of every room, so walls and corners would
+  never be trained on while evaluation (`recentre`d chunks) scores them.
+  """
   origin, full_index = origin_scene(scene, config.grid_size, rng)
   color = _shared_color(origin, config, rng, augment)
-  return make_view(origin, np.arange(origin.num_points), full_index, color, config, rng,
-                   augment=augment, mask=False)
+  index = np.arange(origin.num_points)
+  max_points = int(config.buckets[-1])
+  if origin.num_points > max_points:
+    center = origin.coord[rng.integers(origin.num_points)]
+    index = transforms.nearest_crop(origin.coord, center, max_points)
+  return make_view(origin, index, full_index, color, config, rng, augment=augment, mask=False)
+
+
+def recentre(view: dict, feat_keys) -> dict:
+  """The un-augmented view moved to its own CenterShift(apply_z) frame, features too.
+
+  Evaluation cuts test fragments into chunks that fit the model; each chunk is centred as a
+  training crop is (see `probe_view`), so the coordinate features keep their training
+  range. A translation changes neither offsets nor neighbourhoods.
+  """
+  shift = transforms.center_shift_offset(view["coord"].astype(np.float64))
+  out = dict(view, coord=(view["coord"] - shift).astype(np.float32),
+             view_translation=view["view_translation"] - shift)
+  start = 0
+  for key in feat_keys:
+    if key == "coord":
+      out["feat"] = view["feat"].copy()
+      out["feat"][:, start:start + 3] = out["coord"]
+    start += FEATURE_WIDTHS[key]
+  return out
 
 
 def fragment_views(scene: Scene, config) -> list[dict]:

@@ -28,7 +28,9 @@ def probe_config(kind: str, variant: str) -> ml_collections.ConfigDict:
   config.mode = mode
   config.task = task
   config.pretrained = ""  # an export/ folder of experiments.pretrain; "" = random init
-  config.pretrained_pointcept = ""  # a Pointcept/Sonata .pth (needs torch) instead
+  # Or a Pointcept/Sonata checkpoint (.pth needs torch; .npz state_dict does not), loaded
+  # into model_variant (e.g. large for Sonata's 108M encoder).
+  config.pretrained_pointcept = ""
   config.data = data_config(kind)
   config.data.label_fraction = 1.0  # Table 7: fraction of labelled training scenes
   config.model_variant = "tiny"  # used only without a pretrained export

@@ -105,3 +105,46 @@ def test_errors_name_the_key():
   extra = dict(state_dict, **{"dec.dec0.up.proj.0.weight": np.zeros((64, 96))})
   with pytest.raises(KeyError, match="dec.dec0.up.proj.0.weight.*enc_mode"):
     pointcept_import.import_state_dict(extra, variables)
+
+
+def test_probe_loads_a_sonata_style_checkpoint_file(tmp_path):
+  """config.pretrained_pointcept: an .npz with student + teacher backbones and a head."""
+  from configs import probe_indoor  # pylint: disable=import-outside-toplevel
+  from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
+  student, teacher = random_variables("tiny", seed=3), random_variables("tiny", seed=4)
+  entries = {f"module.student.backbone.{k}": v
+             for k, v in pointcept_import.export_state_dict(student).items()}
+  entries.update({f"module.teacher.backbone.{k}": v
+                  for k, v in pointcept_import.export_state_dict(teacher).items()})
+  entries["module.student.head.weight"] = np.zeros((4, 4), np.float32)  # not a backbone key
+  path = str(tmp_path / "sonata.npz")
+  np.savez(path, **entries)
+  config = probe_indoor.get_config("decoder_semseg,demo")
+  config.pretrained_pointcept = path
+  resolved, pretrained = loop.resolve_model(config)
+  assert resolved.model.enc_mode is False  # decoder probing: a U-Net around the encoder
+  for key, value in _flat(student["params"]).items():
+    np.testing.assert_array_equal(_flat(pretrained)[key], value)
+  # The encoder params land in the probe network (merge_pretrained); its decoder keeps a
+  # fresh init.
+  from pointins_jax.probe import train  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(lambda: train.init_probe_state(resolved, jax.random.key(0), 10))
+  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.params["backbone"])
+  backbone = _flat(train.merge_pretrained(target, pretrained))
+  key = ("enc0_block0", "attn", "qkv", "kernel")
+  np.testing.assert_array_equal(backbone[key], _flat(student["params"])[key])
+  assert any(k[0].startswith("dec") for k in backbone)
+
+
+def test_pointcept_checkpoint_errors_name_the_field(tmp_path):
+  with pytest.raises(FileNotFoundError, match="pretrained_pointcept"):
+    pointcept_import.read_state_dict(str(tmp_path / "missing.pth"))
+  bad = tmp_path / "weights.ckpt"
+  bad.write_text("x")
+  with pytest.raises(ValueError, match=r"\.npz"):
+    pointcept_import.read_state_dict(str(bad))
+  with pytest.raises(KeyError, match="PTv3 stem"):
+    pointcept_import.backbone_prefix({"fc.weight": np.zeros(1)}, "w.npz")
+  two = {"a.embedding.stem.linear.weight": 0, "b.embedding.stem.linear.weight": 0}
+  with pytest.raises(KeyError, match="student"):
+    pointcept_import.backbone_prefix(two, "w.npz")

@@ -129,3 +129,81 @@ def import_state_dict(state_dict: Mapping[str, Any], variables: Mapping[str, Any
                    f"{' ...' if len(unused) > 8 else ''} ({len(unused)} in all); decoder weights "
                    f"need model.enc_mode=False.")
   return {**variables, **loaded}
+
+
+# Keys that end a PTv3 state_dict's stem; what precedes them is the checkpoint's prefix.
+_STEM_KEYS = ("embedding.stem.linear.weight", "embedding.stem.conv.weight")
+
+
+def read_state_dict(path: str) -> dict[str, Any]:
+  """A Pointcept checkpoint's state_dict from `path`.
+
+  `.pth` / `.pt`: `torch.load` on CPU (needs torch), unwrapping a `state_dict` / `model`
+  entry as Pointcept and Sonata checkpoints have; `.npz`: numpy arrays by Pointcept key
+  (torch-free: `np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})`).
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.pretrained_pointcept={path!r}: no such file.")
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
+  if not path.endswith((".pth", ".pt")):
+    raise ValueError(f"config.pretrained_pointcept={path!r}: use a .pth/.pt (torch) or .npz "
+                     "(numpy) state_dict.")
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as err:
+    raise ImportError(f"reading {path} needs torch (`pip install torch`), or convert it to "
+                      ".npz on a machine that has torch.") from err
+  checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model"):
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
+      checkpoint = checkpoint[key]
+  return dict(checkpoint)
+
+
+def backbone_prefix(state_dict: Mapping[str, Any], source: str = "state_dict") -> str:
+  """The key prefix of the PTv3 backbone: '' or e.g. 'module.student.backbone.'.
+
+  A Sonata / PointINS pretraining checkpoint holds student and teacher backbones; the
+  student is taken, as Pointcept's finetuning configs do.
+  """
+  prefixes = sorted({k[:-len(stem)] for k in state_dict for stem in _STEM_KEYS
+                     if k.endswith(stem)})
+  if not prefixes:
+    raise KeyError(f"{source}: no PTv3 stem ({' or '.join(_STEM_KEYS)}) among its "
+                   f"{len(state_dict)} keys; is it a Point Transformer V3 checkpoint?")
+  student = [p for p in prefixes if "student" in p]
+  if len(prefixes) > 1 and len(student) != 1:
+    raise KeyError(f"{source}: several PTv3 backbones ({prefixes}) and no single student one.")
+  return student[0] if len(prefixes) > 1 else prefixes[0]
+
+
+def load_backbone(path: str, model_config) -> dict[str, Any]:
+  """Flax backbone params of PTv3 `model_config` from the Pointcept checkpoint at `path`.
+
+  Encoder-only checkpoints (Sonata, DOS, PointINS pretraining) load into the encoder; a
+  checkpoint with decoder (`dec.`) weights loads into the U-Net. The returned tree is for
+  `probe.train.merge_pretrained` (parameters the checkpoint lacks, e.g. a probe's
+  decoder, keep their initialisation there).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from pointins_jax.model import ptv3  # pylint: disable=import-outside-toplevel
+  state_dict = read_state_dict(path)
+  prefix = backbone_prefix(state_dict, path)
+  config = ml_collections.ConfigDict(model_config.to_dict())
+  config.enc_mode = not any(k.startswith(prefix + "dec.") for k in state_dict)
+  model = ptv3.PointTransformerV3(config)
+  n = 64
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, n, 3)), jnp.zeros((1, n, config.in_channels)),
+      jnp.zeros((1, n, 3), jnp.int32), jnp.ones((1, n), bool), train=False))
+  if "batch_stats" in shapes:
+    raise ValueError(f"{path}: model {config.get('variant', '')} has BatchNorm statistics "
+                     "(the m1 stem), which the probe does not carry; use a LayerNorm (m2 / "
+                     "Sonata) model variant.")
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  return import_state_dict(state_dict, variables, prefix=prefix)["params"]

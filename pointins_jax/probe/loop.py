@@ -28,6 +28,7 @@ from pointins_jax import export as export_lib
 from pointins_jax import metric_writer
 from pointins_jax import parallel
 from pointins_jax.data import loader as loader_lib
+from pointins_jax.data import views as views_lib
 from pointins_jax.data import visualize
 from pointins_jax.metrics import instance as instance_metrics
 from pointins_jax.metrics import panoptic as panoptic_metrics
@@ -35,12 +36,11 @@ from pointins_jax.metrics import protocol as protocol_lib
 from pointins_jax.metrics import report
 from pointins_jax.metrics import semantic as semantic_metrics
 from pointins_jax.model import configs as model_configs
+from pointins_jax.model import pointcept_import
 from pointins_jax.probe import grouping
 from pointins_jax.probe import inference
 from pointins_jax.probe import train as train_lib
 
-# Input channels each data.feat_keys entry contributes (views._features).
-FEATURE_CHANNELS = {"coord": 3, "color": 3, "normal": 3, "strength": 1}
 # Scalars of each task's result that go to metrics.jsonl (prefixed "val_").
 SUMMARY_KEYS = {"semseg": ("mIoU", "mAcc", "allAcc"), "insseg": ("mAP", "AP50", "AP25", "mIoU"),
                 "panseg": ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff", "mIoU")}
@@ -54,13 +54,18 @@ def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
       (input features) or an unsupported option is set.
   """
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's stays
-  if config.get("pretrained_pointcept", ""):
-    raise ValueError("config.pretrained_pointcept is not supported by the probe loop yet; "
-                     "convert the checkpoint with pointins_jax.model.pointcept_import or use "
-                     "config.pretrained=EXPORT_DIR.")
-  in_channels = sum(FEATURE_CHANNELS[k] for k in config.data.feat_keys)
+  pointcept = config.get("pretrained_pointcept", "")
+  if pointcept and config.pretrained:
+    raise ValueError("config.pretrained and config.pretrained_pointcept are both set; give one "
+                     "(an export/ folder or a Pointcept checkpoint).")
+  in_channels = sum(views_lib.FEATURE_WIDTHS[k] for k in config.data.feat_keys)
   pretrained = None
-  if config.pretrained:
+  if pointcept:
+    # config.model_variant must be the checkpoint's architecture (e.g. large for Sonata).
+    model = model_configs.model_config(config.model_variant)
+    model.in_channels = in_channels
+    pretrained = pointcept_import.load_backbone(pointcept, model)
+  elif config.pretrained:
     export_config, params = export_lib.load_export(config.pretrained)
     model = inference.export_model_config(export_config)
     if tuple(export_config.data.feat_keys) != tuple(config.data.feat_keys):

@@ -478,6 +478,10 @@ def claims(plan: Plan, stats: dict, base_pretrain: Mapping, *, robust_tolerance:
     finite = {k: s for k, s in prior_stats.items() if s.n > 0 and math.isfinite(s.mean)}
     if len(finite) < 2:
       verdict, evidence = "inconclusive", "fewer than two priors have results"
+    elif max(s.mean for s in finite.values()) <= 0.0:
+      # Equal zeros say the budget taught no prior anything, not that priors do not matter.
+      verdict, evidence = "inconclusive", (f"every prior scores {metric} 0: " + "; ".join(
+          f"{k} {s}" for k, s in finite.items()))
     else:
       means = [s.mean for s in finite.values()]
       spread = max(means) - min(means)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 
+import pytest
 
 from configs import pointins_indoor
 from configs import probe_indoor
@@ -74,3 +75,18 @@ def _check_unsup_instances_cli(export_dir, out, capsys):
     for key in ("mAP", "AP50", "AP25"):
       assert _in_unit_interval(result[name][key]), (name, key, result[name][key])
   assert os.path.getsize(out / "unsup_instances.png") > 10_000
+
+
+@pytest.mark.slow
+def test_decoder_probe_evaluates_periodically(tmp_path):
+  """Decoder probing of a random-init U-Net with eval_every: val metrics at steps 1 and 2."""
+  config = probe_indoor.get_config("decoder_semseg,demo")
+  config.data.num_scenes = 1
+  config.train.update(total_steps=2, log_every=1, eval_every=1, num_eval_scenes=1,
+                      num_figures=0, tensorboard=False, progress_bar=False)
+  record = probe_loop.train_and_evaluate(config, str(tmp_path))
+  assert record["mode"] == "decoder" and _in_unit_interval(record["mIoU"])
+  evals = [m for m in metric_writer.read_metrics(str(tmp_path)) if "val_mIoU" in m]
+  assert [m["step"] for m in evals] == [1, 2]
+  assert all(_in_unit_interval(m["val_mIoU"]) for m in evals)
+  assert evals[-1]["val_mIoU"] == record["mIoU"]

@@ -168,3 +168,15 @@ def test_real_tiny_study(tmp_path):
                   "configs/study_indoor.py:tiny,tables=table3", "--workdir", str(tmp_path)],
                  check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert "Table 3" in open(tmp_path / "report.md", encoding="utf-8").read()
+
+
+def test_all_zero_priors_are_inconclusive_not_robust(tmp_path):
+  """Every prior at AP 0 (nothing learned) must not read as 'robust to the prior'."""
+  plan, base = _plan(tables="table5", seeds=2)
+  zero = lambda run, run_dir: dict(mIoU=0.1, mAP=0.0, AP50=0.0, AP25=0.0)  # noqa: E731
+  records = study.execute(plan, str(tmp_path), zero, progress=False, log=lambda *_: None)
+  verdicts = {c.text: c for c in study.claims(plan, study.aggregate(plan, records), base,
+                                              robust_tolerance=0.05)}
+  robust = [c for text, c in verdicts.items() if "robust" in text]
+  assert [c.verdict for c in robust] == ["inconclusive"]
+  assert "every prior scores mAP 0" in robust[0].evidence

@@ -11,7 +11,8 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
 
   Variants (`--config configs/study_KIND.py:VARIANT[,tables=table3+table13][,seeds=2]`):
     small  2 seeds, every table, the demo's tiny model and 16 synthetic scenes, 150
-           pretraining + 300 probe steps per run; about 70 min (indoor) on a 2-core CPU.
+           pretraining + 300 probe steps per run; 30 runs indoor (~3 min each on a 2-core
+           CPU, ~1.5 h), 16 for outdoor Tables 3+13.
     tiny   1 seed, 2 + 2 steps, 4 scenes: a smoke test of the whole pipeline (tests).
   `tables` picks tables ('+'-separated, since ',' separates config arguments); `seeds`
   sets how many seeds (0 .. seeds-1).

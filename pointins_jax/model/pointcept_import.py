@@ -11,11 +11,17 @@ may be torch tensors or numpy arrays.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping
 
 import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from pointins_jax.model import ptv3
 
 # (our module path, Pointcept module path) as regular expressions / substitution templates.
 _MODULE_RULES = (
@@ -142,7 +148,6 @@ def read_state_dict(path: str) -> dict[str, Any]:
   entry as Pointcept and Sonata checkpoints have; `.npz`: numpy arrays by Pointcept key
   (torch-free: `np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})`).
   """
-  import os  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.pretrained_pointcept={path!r}: no such file.")
   if path.endswith(".npz"):
@@ -188,10 +193,6 @@ def load_backbone(path: str, model_config) -> dict[str, Any]:
   `probe.train.merge_pretrained` (parameters the checkpoint lacks, e.g. a probe's
   decoder, keep their initialisation there).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from pointins_jax.model import ptv3  # pylint: disable=import-outside-toplevel
   state_dict = read_state_dict(path)
   prefix = backbone_prefix(state_dict, path)
   config = ml_collections.ConfigDict(model_config.to_dict())

@@ -60,12 +60,7 @@ def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
                      "(an export/ folder or a Pointcept checkpoint).")
   in_channels = sum(views_lib.FEATURE_WIDTHS[k] for k in config.data.feat_keys)
   pretrained = None
-  if pointcept:
-    # config.model_variant must be the checkpoint's architecture (e.g. large for Sonata).
-    model = model_configs.model_config(config.model_variant)
-    model.in_channels = in_channels
-    pretrained = pointcept_import.load_backbone(pointcept, model)
-  elif config.pretrained:
+  if config.pretrained:
     export_config, params = export_lib.load_export(config.pretrained)
     model = inference.export_model_config(export_config)
     if tuple(export_config.data.feat_keys) != tuple(config.data.feat_keys):
@@ -75,8 +70,11 @@ def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
           "set config.data.feat_keys to match.")
     pretrained = params["backbone"]
   else:
+    # Random init, or a Pointcept checkpoint of this architecture (e.g. large for Sonata).
     model = model_configs.model_config(config.model_variant)
     model.in_channels = in_channels
+    if pointcept:
+      pretrained = pointcept_import.load_backbone(pointcept, model)
   if model.in_channels != in_channels:
     raise ValueError(f"model.in_channels={model.in_channels} but config.data.feat_keys="
                      f"{tuple(config.data.feat_keys)} give {in_channels} channels.")

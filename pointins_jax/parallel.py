@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pointins_jax import compilation
+
 DATA_AXIS = "data"
 
 
@@ -60,9 +62,10 @@ def start_run(config, workdir: str) -> tuple[Mesh, bool]:
   """Common start of a training job: hosts joined, mesh built, config saved.
 
   Returns (mesh over every device, whether this is the main process). Process 0 writes
-  `workdir/config.json`.
+  `workdir/config.json`. Turns on the persistent compilation cache (`compilation`).
   """
   maybe_initialize_distributed(config)
+  compilation.enable_persistent_cache()
   mesh = make_mesh()
   check_batch_divisible(config.train.batch_size, mesh)
   is_main = jax.process_index() == 0
@@ -71,6 +74,23 @@ def start_run(config, workdir: str) -> tuple[Mesh, bool]:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
   return mesh, is_main
+
+
+def step_capacities(host_batch: dict, planner: compilation.CapacityPlanner) -> tuple[int, ...]:
+  """The static stage capacities every process uses for this host batch.
+
+  Each process fits capacities (`stage_capacities`) to its own slice of the batch; they must
+  compile the same program, so with several processes the element-wise maxima of the
+  capacities and of the real counts (`stage_point_counts`) over processes are taken first,
+  then `planner` (identical on every process, as its inputs are) picks the profile.
+  """
+  caps = np.asarray(host_batch["stage_capacities"], np.int32).reshape(-1)
+  counts = np.asarray(host_batch["stage_point_counts"], np.int32).reshape(-1)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    both = np.asarray(multihost_utils.process_allgather(np.stack([caps, counts])))
+    caps, counts = np.max(both, axis=0)
+  return planner.choose(caps, counts)
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:

@@ -16,6 +16,7 @@ from absl import flags  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 from configs import pointins_indoor  # noqa: E402
+from pointins_jax import compilation  # noqa: E402
 from pointins_jax import parallel  # noqa: E402
 from pointins_jax.data import loader as loader_lib  # noqa: E402
 from pointins_jax.model import configs as model_configs  # noqa: E402
@@ -32,15 +33,16 @@ def run_step(config, devices, host_batch, total_steps):
   step = train_lib.make_train_step(config, total_steps, sharding, parallel.batch_sharded(mesh),
                                    parallel.replicated(mesh))
   batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+  caps = parallel.step_capacities(host_batch, compilation.CapacityPlanner())
   # Step past the offset warm-up so every loss term contributes.
   state = state.replace(step=jax.numpy.asarray(total_steps // 2, jax.numpy.int32))
   # The gradient itself, under the same shardings as the step (batch split over `data`).
   grad_fn = jax.jit(
       jax.grad(lambda p, b, r: train_lib.compute_losses(
-          p, state.teacher_params, b, r, state.step, total_steps, config)[0]),
+          p, state.teacher_params, b, r, state.step, total_steps, config, caps)[0]),
       in_shardings=(sharding.params, parallel.batch_sharded(mesh), parallel.replicated(mesh)))
   grads = grad_fn(state.params, batch, jax.random.key(1))
-  new_state, metrics = step(state, batch, jax.random.key(1))
+  new_state, metrics = step(state, batch, jax.random.key(1), caps)
   return jax.device_get(new_state.params), jax.device_get(metrics), jax.device_get(grads)
 
 
@@ -52,7 +54,7 @@ def main():
   config.train.batch_size = 4
   iterator = loader_lib.make_pretrain_iterator(
       config.data, seed=0, batch_size=4,
-      stage_capacities_fn=lambda n: model_configs.stage_capacities(config.model, n))
+      stage_capacities_fn=functools.partial(model_configs.stage_capacities, config.model))
   host_batch = next(iterator)
   p4, m4, g4 = run_step(config, jax.devices(), host_batch, 10)
   p1, m1, g1 = run_step(config, jax.devices()[:1], host_batch, 10)

@@ -84,7 +84,7 @@ def test_sharding_splits_scenes():
 
 
 def test_stage_capacities_fn_is_honoured():
-  def capacities(n):
+  def capacities(n, counts=None):  # fixed bounds, whatever the counts
     return [n, n // 4, n // 32]
   batch = next(loader.make_pretrain_iterator(_config(), seed=0, stage_capacities_fn=capacities))
   caps = capacities(batch["coord"].shape[2])
@@ -115,7 +115,7 @@ def test_eval_fragments_cover_every_point_once_per_fragment():
   scene = make_scene(4000)
   c = _config(buckets=(256, 512), batch_size=3)  # forces chunking of every fragment
 
-  def capacities(n):
+  def capacities(n, counts=None):  # fixed bounds, whatever the counts
     return [n, n // 2, n // 8]
   seen = []
   for batch in loader.iterate_eval_fragments(scene, c, stage_capacities_fn=capacities):

@@ -45,6 +45,27 @@ def center_order(points: np.ndarray) -> np.ndarray:
   return np.argsort(np.sum((points - center) ** 2, axis=1), kind="stable")
 
 
+def stage_point_counts(grid: np.ndarray, num_stages: int,
+                       strides: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Real points per encoder stage of one view: distinct cells of `grid >> b_s`.
+
+  Exactly what the model's stride-2 pooling will produce, computed on the host before the
+  device step, so stage capacities can follow the data.
+
+  Args:
+    grid: int [n, 3] cells of the view's real points.
+    num_stages: number of encoder stages.
+    strides: pooling stride between consecutive stages (powers of two); default 2 each.
+  Returns:
+    i64 [num_stages] (stage 0: n).
+  """
+  strides = [2] * (num_stages - 1) if strides is None else list(strides)
+  shifts = np.concatenate([[0], np.cumsum(np.log2(strides).astype(int))])
+  grid = np.asarray(grid, np.int64)
+  return np.array([grid.shape[0]] + [transforms.count_cells(grid >> shift)
+                                     for shift in shifts[1:]], np.int64)
+
+
 def fit_stage_capacities(grid: np.ndarray, n_valid: int, stage_capacities: Sequence[int],
                          strides: Optional[Sequence[int]] = None) -> np.ndarray:
   """Which points to keep so that no encoder stage overflows its static capacity.
@@ -136,20 +157,26 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
             with_views: bool = True) -> dict:
   """Pads B examples of V views each into one static-shape batch.
 
-  Every view is first cropped to the largest bucket, then (with `stage_capacities_fn`) to the
-  model's stage capacities for the batch's bucket; cross_index is computed after the crops.
+  Every view is first cropped to the largest bucket. With `stage_capacities_fn`, the batch's
+  real per-stage point counts are measured and the model's capacities for them taken
+  (`stage_capacities` in the output): data-following capacities always hold every point;
+  fixed ones (`model.capacity_steps_per_octave=0`) may crop views to fit, counted in
+  `num_cropped`. cross_index is computed after the crops.
 
   Args:
     examples: B lists of views (`views` module layout): 2 each, or 1 without `with_views`.
     buckets: sorted point capacities.
     grid_size: metres, for `grid`.
     min_view_points: views left with fewer points raise (a crop gone wrong, a broken scene).
-    stage_capacities_fn: n_points -> per-stage capacities (the model's), or None.
+    stage_capacities_fn: (n_points, counts=None) -> per-stage capacities (the model's
+      `configs.stage_capacities`), or None.
     with_views: False for single-view probing batches (no V axis, no cross_index).
 
   Returns:
     dict of numpy arrays, docs/architecture.md batch layout, plus `num_cropped` i32 [B]
-    (points removed by crops per scene) and `index` (full-scan ids, -1 on padding).
+    (points removed by crops per scene), `index` (full-scan ids, -1 on padding) and, with
+    `stage_capacities_fn`, `stage_capacities` i32 [S] (pass it to the model as a static
+    tuple) and `stage_point_counts` i32 [S], the real points per stage (max over views).
   """
   if with_views and any(len(example) != 2 for example in examples):
     raise ValueError("collate: pretraining examples must hold exactly 2 (global) views.")
@@ -163,7 +190,13 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
       row.append(view)
     cropped.append(row)
   capacity = choose_bucket(max(v["coord"].shape[0] for row in cropped for v in row), buckets)
-  stage_capacities = None if stage_capacities_fn is None else stage_capacities_fn(capacity)
+  stage_capacities = None
+  if stage_capacities_fn is not None:
+    num_stages = len(stage_capacities_fn(capacity))
+    counts = np.max([stage_point_counts(view_grid(view["coord"], grid_size), num_stages)
+                     for row in cropped for view in row], axis=0)
+    stage_capacities = list(stage_capacities_fn(capacity, counts))
+    stage_counts = counts
 
   batch = {key: [] for key in list(_DTYPES) + ["view_linear", "view_translation"]}
   for b, row in enumerate(cropped):
@@ -201,6 +234,9 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
   if not with_views:
     out = {key: value[:, 0] for key, value in out.items()}
   out["num_cropped"] = num_cropped
+  if stage_capacities is not None:
+    out["stage_capacities"] = np.asarray(stage_capacities, np.int32)
+    out["stage_point_counts"] = np.asarray(stage_counts, np.int32)
   if num_cropped.any():
     logging.getLogger(__name__).info("cropped %d points from %d scenes to fit capacity %d",
                                      int(num_cropped.sum()), int((num_cropped > 0).sum()),

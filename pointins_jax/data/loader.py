@@ -196,7 +196,8 @@ def iterate_eval_fragments(scene: Scene, data_config, *, batch_size: Optional[in
   for the largest bucket and the model's stage capacities, so no point is cropped away:
   the valid `index` entries of one fragment's batches hold every scan point exactly once.
   Batches have `batch_size` rows (default data_config.batch_size; missing rows are padding)
-  and the largest bucket's capacity, so evaluation compiles one shape.
+  and the largest bucket's capacity; with `stage_capacities_fn` they carry data-following
+  `stage_capacities` (a few shapes to compile, from the capacity ladder).
   """
   config_lib.validate(data_config)
   batch_size = data_config.batch_size if batch_size is None else batch_size
@@ -206,7 +207,8 @@ def iterate_eval_fragments(scene: Scene, data_config, *, batch_size: Optional[in
     rows = [[chunk] for chunk in chunks[start:start + batch_size]]
     # Chunks were fitted to the largest bucket's stage capacities, so pad to that bucket.
     batch = batching.collate(rows, buckets=(data_config.buckets[-1],),
-                             grid_size=data_config.grid_size, with_views=False)
+                             grid_size=data_config.grid_size, with_views=False,
+                             stage_capacities_fn=stage_capacities_fn)
     yield _pad_rows(batch, batch_size)
 
 
@@ -236,6 +238,9 @@ def _pad_rows(batch: dict, batch_size: int) -> dict:
     return batch
   out = {}
   for key, value in batch.items():
+    if key in ("stage_capacities", "stage_point_counts"):  # per batch, not per row
+      out[key] = value
+      continue
     fill = batching.PAD_VALUES.get(key, 0)
     if key == "view_linear":
       pad = np.broadcast_to(np.eye(3, dtype=value.dtype), (missing, 3, 3))

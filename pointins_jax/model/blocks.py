@@ -32,7 +32,9 @@ class DropPath(nn.Module):
   """Stochastic depth per point (timm's DropPath on Pointcept's [N, C] layout).
 
   Each point's residual branch is dropped with probability `rate` and kept ones are scaled by
-  1 / (1 - rate); uses the 'dropout' rng stream when `train`.
+  1 / (1 - rate); uses the 'dropout' rng stream when `train`. A point's draw depends only on
+  its scene row and its slot, not on the stage capacity (one key per row, and threefry's
+  partitionable bits are prefix-stable), so data-following capacities change no result.
   """
 
   rate: float
@@ -42,7 +44,12 @@ class DropPath(nn.Module):
     if not train or self.rate == 0.0:
       return x
     keep_prob = 1.0 - self.rate
-    keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, x.shape[:-1] + (1,))
+    key = self.make_rng("dropout")
+    if x.ndim == 3:  # [B, N, C]: one key per scene row
+      keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(x.shape[0]))
+      keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, x.shape[1:-1] + (1,)))(keys)
+    else:
+      keep = jax.random.bernoulli(key, keep_prob, x.shape[:-1] + (1,))
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 

@@ -11,8 +11,13 @@ Variants:
   large_unet the Sonata encoder with the probing/fine-tuning decoder (124.79M).
 
 Static capacities: every stage s holds at most `stage_capacities(config, N)[s]` points per
-scene. They come from `stage_capacity_fractions` (fractions of the input capacity N); a scene
-whose pooling produces more cells raises an error naming that field (`raise_overflow`).
+scene. Without counts they come from `stage_capacity_fractions` (fractions of the input
+capacity N: fixed upper bounds). Given the batch's real per-stage point counts (computed on
+the host from the grid, `stage_point_counts`), each stage instead takes the smallest value of
+a short ladder (`capacity_steps_per_octave` sizes per power of two) that holds them, so dense
+ops and attention scale with real points rather than with the fixed bounds, and the number of
+distinct shapes (compilations) stays small. A scene whose pooling produces more cells than a
+capacity raises an error naming the field (`raise_overflow`).
 """
 from __future__ import annotations
 
@@ -61,6 +66,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # Stage capacity / input capacity. Stride-2 pooling of surface scans keeps ~1/4 of the
   # cells per level; these bounds leave a 2x margin.
   c.stage_capacity_fractions = (1.0, 0.5, 0.25, 0.125, 0.0625)
+  # Data-following capacities: candidate sizes per power of two for stages > 0 (the loader
+  # picks the smallest that holds the batch's real points; 0 = always the fixed fractions).
+  # 2 -> at most 1.5x padding per stage and few distinct shapes.
+  c.capacity_steps_per_octave = 2
   c.attention_impl = "auto"
   c.dtype = "float32"  # compute dtype of Dense layers and attention ('float32' | 'bfloat16')
   c.mask_token = False
@@ -113,8 +122,12 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-def stage_capacities(config: ml_collections.ConfigDict, n_points: int) -> list[int]:
+def stage_capacities(config: ml_collections.ConfigDict, n_points: int,
+                     counts=None) -> list[int]:
   """Static point capacity of every stage for an input capacity of `n_points` per scene.
+
+  With `counts` (real points per stage, `batching.stage_point_counts`), the data-following
+  `fitted_capacities`; without, the fixed upper bounds below.
 
   Stage 0 holds the input (n_points, which must be a multiple of 8 and, when larger than
   the stage-0 patch length, of that length). Stage s > 0 holds
@@ -122,6 +135,8 @@ def stage_capacities(config: ml_collections.ConfigDict, n_points: int) -> list[i
   stage's patch length, to a multiple of the patch length (patches tile the stage), and
   never more than the previous stage (pooling cannot add cells).
   """
+  if counts is not None:
+    return list(fitted_capacities(config, n_points, counts))
   fractions = tuple(config.stage_capacity_fractions)
   num_stages = len(config.enc_depths)
   if len(fractions) != num_stages or not all(0 < f <= 1 for f in fractions):
@@ -140,6 +155,64 @@ def stage_capacities(config: ml_collections.ConfigDict, n_points: int) -> list[i
       cap = _round_up(cap, patches[s])
     capacities.append(min(cap, capacities[-1]))
   return capacities
+
+
+def _ladder_capacity(count: int, steps: int, patch: int) -> int:
+  """Smallest ladder size >= count: m * 2^e with m in {1, 1 + 1/steps, ...}, a multiple of 8
+  and, above the patch length, of the patch length."""
+  size = _MIN_MULTIPLE
+  while True:
+    for j in range(steps):
+      cap = _round_up(math.ceil(size * (1 + j / steps)), _MIN_MULTIPLE)
+      if cap > patch:
+        cap = _round_up(cap, patch)
+      if cap >= count:
+        return cap
+    size *= 2
+
+
+def fitted_capacities(config: ml_collections.ConfigDict, n_points: int,
+                      counts) -> tuple[int, ...]:
+  """Per-stage capacities that follow the data: stage 0 holds `n_points` (the batch bucket);
+  stage s > 0 the smallest ladder size holding counts[s] real points (see module doc), at
+  most the previous stage's. Counts above the fixed bounds are allowed (nothing is cropped
+  for capacity). With `capacity_steps_per_octave` = 0, the fixed `stage_capacities`."""
+  fixed = stage_capacities(config, n_points)  # upper bounds: never more than without counts
+  steps = int(config.get("capacity_steps_per_octave", 0))
+  counts = [int(c) for c in counts]
+  if steps <= 0:
+    return tuple(fixed)
+  if len(counts) != len(fixed) or counts[0] > n_points:
+    raise ValueError(f"fitted_capacities: counts {counts} must hold {len(fixed)} stages with "
+                     f"counts[0] <= n_points={n_points}.")
+  patches = stage_patch_sizes(config)
+  caps = [n_points]
+  for s in range(1, len(fixed)):
+    cap = _ladder_capacity(max(counts[s], 1), steps, patches[s])
+    if counts[s] <= fixed[s]:
+      cap = min(cap, fixed[s])
+    caps.append(min(cap, caps[-1]))
+  return tuple(caps)
+
+
+def resolve_capacities(config: ml_collections.ConfigDict, n_points: int,
+                       capacities=None) -> list[int]:
+  """The model's static stage capacities: `capacities` (from `fitted_capacities`, checked) or
+  the fixed `stage_capacities`."""
+  if capacities is None:
+    return stage_capacities(config, n_points)
+  caps = [int(c) for c in capacities]
+  patches = stage_patch_sizes(config)
+  ok = (len(caps) == len(config.enc_depths) and caps[0] == n_points
+        and all(c > 0 and c % _MIN_MULTIPLE == 0 and (c <= p or c % p == 0)
+                for c, p in zip(caps, patches))
+        and all(b <= a for a, b in zip(caps, caps[1:])))
+  if not ok:
+    raise ValueError(
+        f"PointTransformerV3: stage_capacities={tuple(caps)} must be {len(config.enc_depths)} "
+        f"non-increasing multiples of {_MIN_MULTIPLE} starting at the input size {n_points}, "
+        f"multiples of the patch length above it ({patches}); use fitted_capacities().")
+  return caps
 
 
 def patch_length(capacity: int, patch_size: int) -> int:

@@ -74,11 +74,12 @@ class PointTransformerV3(nn.Module):
   config: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, coord, feat, grid, valid, *, train: bool, token_mask=None):
+  def __call__(self, coord, feat, grid, valid, *, train: bool, token_mask=None,
+               stage_capacities=None):
     cfg = self.config
     _check_inputs(coord, feat, grid, valid, cfg)
     dtype = configs.dtype_of(cfg)
-    capacities = configs.stage_capacities(cfg, valid.shape[1])
+    capacities = configs.resolve_capacities(cfg, valid.shape[1], stage_capacities)
     orders = tuple(cfg.orders)
     grid = grid.astype(jnp.int32)
     coord = jnp.where(valid[..., None], coord, 0.0)

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pointins_jax import checkpointing
+from pointins_jax import compilation
 from pointins_jax import export as export_lib
 from pointins_jax import metric_writer
 from pointins_jax import parallel
@@ -60,6 +61,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start, state = checkpointing.create_or_restore(ckpt, init, (init_rng,), state_sharding,
                                                  iterator)
 
+  planner = compilation.CapacityPlanner()  # few compiled stage-capacity profiles
   step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
                                       parallel.batch_sharded(mesh), parallel.replicated(mesh))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
@@ -78,7 +80,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_cropped = int(np.sum(host_batch.pop("num_cropped", 0)))
     batch = parallel.put_batch(
         {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
+                             parallel.step_capacities(host_batch, planner))
     steps_since_log += 1
     points_since_log += int(np.sum(host_batch["valid"]))
     if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
@@ -87,9 +90,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         model_configs.raise_overflow(config.model)
       # Fetching the metrics waited for the device, so wall time / steps is step time.
       elapsed = time.perf_counter() - t_log
+      compiles, compile_seconds = compilation.counter().snapshot("train_step")
       last.update(step_time=elapsed / steps_since_log,
                   points_per_second=points_since_log / max(elapsed, 1e-9),
-                  num_cropped=num_cropped)
+                  num_cropped=num_cropped, compiles=compiles, compile_seconds=compile_seconds)
       t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
       record = writer.write(step + 1, last)
       if is_main:

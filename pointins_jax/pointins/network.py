@@ -22,14 +22,16 @@ class PointINSNetwork(nn.Module):
   head_config: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, coord, feat, grid, valid, *, train: bool) -> dict[str, Any]:
-    """coord f32 [B, N, 3], feat f32 [B, N, C], grid i32 [B, N, 3], valid bool [B, N].
+  def __call__(self, coord, feat, grid, valid, *, train: bool,
+               stage_capacities=None) -> dict[str, Any]:
+    """coord f32 [B, N, 3], feat f32 [B, N, C], grid i32 [B, N, 3], valid bool [B, N];
+    stage_capacities: static per-stage point capacities (the batch's `stage_capacities`).
 
     Returns features [B, N, F], logits [B, N, K] (cosine similarity to prototypes),
     offsets [B, N, 3] (view frame, metres) and the backbone's aux dict.
     """
     features, aux = ptv3.PointTransformerV3(self.model_config, name="backbone")(
-        coord, feat, grid, valid, train=train)
+        coord, feat, grid, valid, train=train, stage_capacities=stage_capacities)
     hc = self.head_config
     logits = heads.ProjectionHead(hidden_dim=hc.proj_hidden, bottleneck_dim=hc.proj_bottleneck,
                                   num_prototypes=hc.num_prototypes, name="projection_head")(features)

@@ -82,7 +82,8 @@ def magnitude_and_direction_priors(config):
 # Losses
 
 
-def compute_losses(params, teacher_params, batch, rng, step, total_steps, config):
+def compute_losses(params, teacher_params, batch, rng, step, total_steps, config,
+                   stage_capacities=None):
   """All losses of one step; returns (total loss, aux metrics)."""
   net = build_network(config)
   b, v, n = batch["valid"].shape
@@ -94,10 +95,12 @@ def compute_losses(params, teacher_params, batch, rng, step, total_steps, config
 
   rng_t, rng_s, rng_scr = jax.random.split(rng, 3)
   teacher = net.apply({"params": teacher_params}, coord, feat, grid, valid, train=False,
-                      rngs={"order": rng_t})
+                      rngs={"order": rng_t}, stage_capacities=stage_capacities)
   teacher = jax.lax.stop_gradient(teacher)
+  # Visible points are a subset of the view's, so the view's capacities hold them.
   student = net.apply({"params": params}, coord, feat, grid, visible, train=True,
-                      rngs={"order": rng_s, "dropout": jax.random.fold_in(rng_s, 1)})
+                      rngs={"order": rng_s, "dropout": jax.random.fold_in(rng_s, 1)},
+                      stage_capacities=stage_capacities)
 
   sem = config.semantic
   teacher_temp = schedules.teacher_temperature(
@@ -190,11 +193,12 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config,
-               total_steps: int) -> tuple[TrainState, dict]:
-  """One PointINS optimisation step. Pure; jit with `donate_argnums=0`."""
+               total_steps: int, stage_capacities=None) -> tuple[TrainState, dict]:
+  """One PointINS optimisation step. Pure; jit with `donate_argnums=0` and
+  `stage_capacities` (the batch's data-following capacities, a tuple) static."""
   grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, state.teacher_params, batch, rng, state.step,
-                                   total_steps, config)
+                                   total_steps, config, stage_capacities)
   optimizer = build_optimizer(config, total_steps)
   updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
@@ -224,7 +228,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config,
 
 def make_train_step(config: ml_collections.ConfigDict, total_steps: int, state_sharding,
                     batch_sharding, replicated):
-  """The jit-compiled step with explicit shardings and the state donated."""
-  step = functools.partial(train_step, config=config, total_steps=total_steps)
+  """The jit-compiled `step(state, batch, rng, stage_capacities)` with explicit shardings
+  and the state donated; one compilation per distinct `stage_capacities` tuple (static: a
+  short ladder, see model.configs; None = the fixed capacities)."""
+  def step(state, batch, rng, stage_capacities):
+    return train_step(state, batch, rng, config=config, total_steps=total_steps,
+                      stage_capacities=stage_capacities)
+
+  step.__name__ = "train_step"  # the name compile counting and profiles see
   return jax.jit(step, in_shardings=(state_sharding, batch_sharding, replicated),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                 static_argnums=(3,))

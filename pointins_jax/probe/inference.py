@@ -18,6 +18,7 @@ from pointins_jax.data.scene import Scene
 
 # The batch fields a model's forward pass reads.
 MODEL_KEYS = ("coord", "feat", "grid", "valid")
+CAPACITY_KEYS = ("stage_capacities", "stage_point_counts")
 
 
 def full_scan_predictions(scene: Scene, data_config,
@@ -49,7 +50,9 @@ def full_scan_predictions(scene: Scene, data_config,
     if not np.allclose(linear, np.eye(3), atol=1e-6):
       raise RuntimeError("test fragments must be un-rotated for offsets to keep their frame; "
                          "views.fragment_views applied a linear transform.")
-    outputs = apply_fn({k: batch[k] for k in MODEL_KEYS})
+    # `stage_capacities` (when the chunks were fitted to the model) travels to apply_fn,
+    # which passes it to the model as a static argument.
+    outputs = apply_fn({k: batch[k] for k in MODEL_KEYS + CAPACITY_KEYS if k in batch})
     valid = batch["valid"]
     index = batch["index"][valid]
     np.add.at(count, index, 1)

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pointins_jax import checkpointing
+from pointins_jax import compilation
 from pointins_jax import export as export_lib
 from pointins_jax import metric_writer
 from pointins_jax import parallel
@@ -125,10 +126,14 @@ def make_predict_fn(config, params):
   Parameters are fetched to the host first, so evaluation needs no other process.
   """
   params = jax.device_get(params)
-  predict = jax.jit(functools.partial(train_lib.predict, config=config))
+  predict = jax.jit(functools.partial(train_lib.predict, config=config),
+                    static_argnames=("stage_capacities",))
+  planner = compilation.CapacityPlanner()
 
   def apply(batch):
-    probs, offsets = predict(params, batch)
+    batch = dict(batch)
+    caps = planner.pop_and_choose(batch)
+    probs, offsets = predict(params, batch, stage_capacities=caps)
     return {"probs": np.asarray(probs), "offsets": np.asarray(offsets)}
 
   return apply
@@ -263,10 +268,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start, state = checkpointing.create_or_restore(ckpt, init, (init_rng, pretrained),
                                                  state_sharding, iterator)
 
+  def probe_step(state, batch, rng, stage_capacities):
+    return train_lib.probe_step(state, batch, rng, config=config, total_steps=total_steps,
+                                stage_capacities=stage_capacities)
+
+  # stage_capacities (a tuple from the capacity ladder) is static: one compile per value.
+  planner = compilation.CapacityPlanner()
   step_fn = jax.jit(
-      functools.partial(train_lib.probe_step, config=config, total_steps=total_steps),
+      probe_step,
       in_shardings=(state_sharding, parallel.batch_sharded(mesh), parallel.replicated(mesh)),
-      out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+      out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,),
+      static_argnums=(3,))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
                                       tensorboard=config.train.tensorboard)
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps,
@@ -284,13 +296,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     host_batch = next(iterator)
     host_batch.update(instance_targets(host_batch))
     batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
+                             parallel.step_capacities(host_batch, planner))
     steps_since_log += 1
     if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
       last = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
       elapsed = time.perf_counter() - t_log  # fetching metrics waited for the device
+      compiles, compile_seconds = compilation.counter().snapshot("probe_step")
       last.update(step_time=elapsed / steps_since_log,
-                  num_cropped=int(np.sum(host_batch["num_cropped"])))
+                  num_cropped=int(np.sum(host_batch["num_cropped"])),
+                  compiles=compiles, compile_seconds=compile_seconds)
       t_log, steps_since_log = time.perf_counter(), 0
       record = writer.write(step + 1, last)
       if is_main:

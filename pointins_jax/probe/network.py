@@ -41,9 +41,9 @@ class ProbeNetwork(nn.Module):
   freeze_backbone: bool = False
 
   @nn.compact
-  def __call__(self, coord, feat, grid, valid, *, train: bool):
+  def __call__(self, coord, feat, grid, valid, *, train: bool, stage_capacities=None):
     features, aux = ptv3.PointTransformerV3(self.model_config, name="backbone")(
-        coord, feat, grid, valid, train=train)
+        coord, feat, grid, valid, train=train, stage_capacities=stage_capacities)
     if self.freeze_backbone:
       features = jax.lax.stop_gradient(features)
     out = {"logits": nn.Dense(self.num_classes, name="seg_head")(features), "aux": aux}

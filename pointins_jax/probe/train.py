@@ -65,10 +65,10 @@ def build_optimizer(config, total_steps: int, params) -> optax.GradientTransform
                              "encoder": adamw(opt.encoder_lr_scale)}, labels))
 
 
-def probe_losses(params, batch, rng, net, config):
+def probe_losses(params, batch, rng, net, config, stage_capacities=None):
   """Cross-entropy (ignore -1) + PointGroup offset loss on instance points."""
   out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                  batch["valid"], train=True,
+                  batch["valid"], train=True, stage_capacities=stage_capacities,
                   rngs={"order": rng, "dropout": jax.random.fold_in(rng, 1)})
   seg = batch["segment"]
   labelled = batch["valid"] & (seg >= 0)
@@ -125,9 +125,12 @@ def merge_pretrained(target, pretrained):
   return flax.traverse_util.unflatten_dict(flat_t)
 
 
-def probe_step(state: ProbeState, batch, rng, *, config, total_steps: int):
+def probe_step(state: ProbeState, batch, rng, *, config, total_steps: int,
+               stage_capacities=None):
+  """One probing step. Pure; jit with the state donated and `stage_capacities` static."""
   net = build_network(config)
-  grad_fn = jax.value_and_grad(functools.partial(probe_losses, net=net, config=config),
+  grad_fn = jax.value_and_grad(functools.partial(probe_losses, net=net, config=config,
+                                                 stage_capacities=stage_capacities),
                                has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, batch, rng)
   optimizer = build_optimizer(config, total_steps, state.params)
@@ -143,11 +146,12 @@ def probe_step(state: ProbeState, batch, rng, *, config, total_steps: int):
   return new_state, metrics
 
 
-def predict(params, batch, *, config):
+def predict(params, batch, *, config, stage_capacities=None):
   """Eval-mode forward: probabilities [B, N, C] and offsets [B, N, 3] (zeros if absent)."""
   net = build_network(config)
   out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                  batch["valid"], train=False, rngs={"order": jax.random.key(0)})
+                  batch["valid"], train=False, rngs={"order": jax.random.key(0)},
+                  stage_capacities=stage_capacities)
   probs = jax.nn.softmax(out["logits"], axis=-1)
   offsets = out.get("offsets", jnp.zeros(batch["coord"].shape, jnp.float32))
   return probs, offsets

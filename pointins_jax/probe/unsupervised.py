@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from pointins_jax import compilation
 from pointins_jax import export as export_lib
 from pointins_jax.data import visualize
 from pointins_jax.data.scene import Scene
@@ -38,13 +39,21 @@ def load_pointins(export_dir: str):
     config.model = inference.export_model_config(config)
   net = pointins_train.build_network(config)
 
-  @jax.jit
-  def offsets(params, batch):
+  @functools.partial(jax.jit, static_argnames=("stage_capacities",))
+  def offsets(params, batch, stage_capacities=None):
     out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                    batch["valid"], train=False, rngs={"order": jax.random.key(0)})
+                    batch["valid"], train=False, rngs={"order": jax.random.key(0)},
+                    stage_capacities=stage_capacities)
     return out["offsets"]  # the projection head is dead code here, pruned by XLA
 
-  return config, lambda batch: {"offsets": np.asarray(offsets(params, batch))}
+  planner = compilation.CapacityPlanner()
+
+  def apply(batch):
+    batch = dict(batch)
+    capacities = planner.pop_and_choose(batch)
+    return {"offsets": np.asarray(offsets(params, batch, stage_capacities=capacities))}
+
+  return config, apply
 
 
 def data_config_for(export_config, data: str, *, num_scenes: Optional[int], split: str,

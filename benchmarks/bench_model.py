@@ -1,122 +1,259 @@
-"""PTv3 step time: forward and forward+backward of the tiny and base encoders, same process.
+"""PTv3 train and inference step against the PyTorch reference protocol, process by process.
 
-  python -m benchmarks.bench_model                    # tiny and base at 20k and 80k points
-  python -m benchmarks.bench_model --quick            # 4k and 8k points, 2 repeats
-  python -m benchmarks.bench_model --skip-base-80k-backward   # CPU: the slowest cell
+  python -m benchmarks.bench_model                                  # ours, five workloads
+  python -m benchmarks.bench_model --reference-python /work/peer/venv/bin/python \\
+      --reference-script /work/peer/bench_reference.py --rounds 3     # alternated with Pointcept
+  python -m benchmarks.bench_model --workloads tiny-20k-train --capacities fixed   # the lever
+  python -m benchmarks.bench_model --worker tiny-20k-train          # one JSON line (internal)
 
-One scene per step (B = 1), ~97% real points on the floor and walls of a room at 2 cm cells.
-Points/s counts real points. The baseline column is the tiny model at the same size. The
-attention table times `patch_attention` (impl 'auto') at the base model's per-stage shapes
-[P, H, L, D] and divides its GFLOP/s (4*P*H*L*L*D forward) by a plain jnp matmul's.
+The protocol (../shared/reference/pointcept_cpu_reference.md): one `protocol_scene` room of
+N points at 2 cm, batch 1, 6 input channels; a train step is forward (train mode, drop path
+0.3, shuffled orders) -> Dense(20) -> cross-entropy on the scene's labels -> backward ->
+AdamW(2e-3, weight decay 0.05); inference is the eval-mode forward and head. U-Net PTv3 with
+m1 conventions (conv stem, BatchNorm) in two sizes: `tiny` (enc 16-256 wide, patch 256,
+4.5M parameters) and `default` (Pointcept model.py's defaults, 46.17M). Each measurement is
+its own process, so peak RSS is the workload's; with a reference, ours and the reference
+alternate (A B A B ...) in one time window, because shared machines drift by +-30%.
+
+Reported per workload: median seconds per step after the first, peak RSS, the first step
+(build + compile, or build + first call for the reference) and our compile count. The
+host's per-stage point count for data-following capacities is inside our timed step.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from kernels import patch_attention as pa
-from pointins_jax.model import configs
-from pointins_jax.model import ptv3
-from benchmarks.timing import median_seconds
+from benchmarks import protocol_scene
 
-_GRID_SIZE = 0.02  # metres
-
-
-def room_scene(n_points: int, in_channels: int, seed: int = 0):
-  """One padded scene: ~97% of n_points real points, one per cell on three room faces."""
-  rng = np.random.default_rng(seed)
-  n_real = int(n_points * 0.97)
-  side = np.sqrt(n_real / 3.0) * _GRID_SIZE * 1.3
-  u, v = rng.random((2, 4 * n_real)) * side
-  face = rng.integers(0, 3, 4 * n_real)[:, None]
-  zero = np.zeros_like(u)
-  xyz = np.where(face == 0, np.stack([u, v, zero], 1),
-                 np.where(face == 1, np.stack([u, zero, v], 1), np.stack([zero, u, v], 1)))
-  _, first = np.unique(np.floor(xyz / _GRID_SIZE).astype(np.int32), axis=0, return_index=True)
-  xyz = xyz[rng.permutation(first)[:n_real]].astype(np.float32)
-  pad = n_points - len(xyz)
-  coord = np.concatenate([xyz, np.zeros((pad, 3), np.float32)])[None]
-  grid = np.floor(coord / _GRID_SIZE).astype(np.int32)
-  feat = np.concatenate([coord, rng.random((1, n_points, in_channels - 3))], -1)
-  valid = (np.arange(n_points) < len(xyz))[None]
-  return coord, feat.astype(np.float32), grid, valid
+WORKLOADS = ("tiny-20k-train", "tiny-80k-train", "default-20k-train", "tiny-20k-inference",
+             "default-20k-inference")
+_STEPS = {"tiny-20k-train": 5, "tiny-80k-train": 3, "default-20k-train": 3,
+          "tiny-20k-inference": 5, "default-20k-inference": 5}
 
 
-def time_model(variant: str, n_points: int, repeats: int, backward: bool):
-  """Median seconds of the forward (eval) and forward+backward (train) steps."""
-  config = configs.model_config(variant)
-  model = ptv3.PointTransformerV3(config)
-  coord, feat, grid, valid = map(jnp.asarray, room_scene(n_points, config.in_channels))
-  rngs = {"dropout": jax.random.key(1), "order": jax.random.key(2)}
-  # Inputs are jit arguments, not closed-over constants: XLA would constant-fold the sorts.
-  inputs = (coord, feat, grid, valid)
-  params = jax.jit(lambda *x: model.init(jax.random.key(0), *x, train=False))(*inputs)["params"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, *x, train=False, rngs=rngs)[0])
-
-  def loss(p, x):
-    return jnp.mean(model.apply({"params": p}, *x, train=True, rngs=rngs)[0] ** 2)
-
-  grad = jax.jit(jax.grad(loss))
-  fwd = median_seconds(lambda: forward(params, inputs), repeats)
-  bwd = median_seconds(lambda: grad(params, inputs), repeats) if backward else float("nan")
-  return fwd, bwd, int(valid.sum())
+def parse_workload(name: str) -> tuple[str, int, str]:
+  size, points, mode = name.split("-")
+  return size, int(points.rstrip("k")) * 1000, mode
 
 
-def matmul_gflops(repeats: int) -> float:
-  n = 1024
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  return 2 * n**3 / median_seconds(lambda: matmul(a, a), repeats) / 1e9
+def protocol_model_config(size: str):
+  """Pointcept PTv3 model.py (m1: conv stem, BatchNorm) at the protocol's two sizes."""
+  from pointins_jax.model import configs  # pylint: disable=import-outside-toplevel
+  config = configs.model_config("base_unet")  # model.py defaults, 46.17M parameters
+  config.in_channels = 6
+  config.enc_patch_size = (1024,) * 5
+  config.dec_patch_size = (1024,) * 4
+  if size == "tiny":
+    config.enc_depths = (1, 1, 1, 1, 1)
+    config.enc_channels = (16, 32, 64, 128, 256)
+    config.enc_num_head = (1, 2, 4, 8, 16)
+    config.enc_patch_size = (256,) * 5
+    config.dec_depths = (1, 1, 1, 1)
+    config.dec_channels = (32, 32, 64, 128)
+    config.dec_num_head = (2, 2, 4, 8)
+    config.dec_patch_size = (256,) * 4
+  elif size != "default":
+    raise ValueError(f"unknown model size {size!r}; use tiny or default.")
+  return config
 
 
-def attention_rows(n_points: int, repeats: int, peak: float):
-  config = configs.model_config("base")
-  rows = []
-  for s, capacity in enumerate(configs.stage_capacities(config, n_points)):
-    length = configs.patch_length(capacity, config.enc_patch_size[s])
-    shape = (capacity // length, config.enc_num_head[s], length, 16)
-    q, k, v = (jax.random.normal(key, shape) for key in jax.random.split(jax.random.key(s), 3))
-    key_valid = jnp.ones(shape[:1] + shape[2:3], bool)
-    fn = jax.jit(lambda q, k, v, m: pa.patch_attention(q, k, v, m))
-    seconds = median_seconds(lambda: fn(q, k, v, key_valid), repeats)
-    gflops = 4 * np.prod(shape) * length / seconds / 1e9
-    rows.append((s, shape, seconds, gflops, gflops / peak))
-  return rows
+def scene_path(n_points: int) -> str:
+  """The protocol room of n_points (seed 0), cached as .npz for us and the reference."""
+  path = os.path.join(tempfile.gettempdir(), f"pointins_protocol_scene_{n_points}.npz")
+  if not os.path.exists(path):
+    protocol_scene.save_scene(path, protocol_scene.protocol_room(n_points, seed=0))
+  return path
+
+
+def _padded(scene: dict, capacity: int):
+  n = scene["coord"].shape[0]
+  pad = lambda x: np.concatenate([x, np.zeros((capacity - n,) + x.shape[1:], x.dtype)])[None]
+  return (pad(scene["coord"]), pad(scene["feat"]), pad(scene["grid"].astype(np.int32)),
+          (np.arange(capacity) < n)[None], pad(scene["label"].astype(np.int32)))
+
+
+def run_worker(workload: str, capacities: str) -> dict:
+  """Times one workload of ours in this process; returns the JSON record."""
+  start = time.perf_counter()
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from pointins_jax.model import configs  # pylint: disable=import-outside-toplevel
+  from pointins_jax.model import ptv3  # pylint: disable=import-outside-toplevel
+
+  compiles = []  # backend compilations (jax's monitoring event), also on older trees
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, seconds, **_: compiles.append(seconds)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  size, n_points, mode = parse_workload(workload)
+  config = protocol_model_config(size)
+  scene = protocol_scene.load_scene(scene_path(n_points))
+  patch = config.enc_patch_size[0]
+  capacity = -(-n_points // patch) * patch
+  coord, feat, grid, valid, label = _padded(scene, capacity)
+  num_stages = len(config.enc_depths)
+
+  def step_capacities():
+    if capacities == "fixed":
+      return None
+    from pointins_jax.data import batching  # pylint: disable=import-outside-toplevel
+    counts = batching.stage_point_counts(grid[0][valid[0]], num_stages)
+    return tuple(configs.stage_capacities(config, capacity, counts))
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, coord, feat, grid, valid, *, train, stage_capacities):
+      # Passed only when set, so `--baseline-tree` can time trees without the keyword.
+      kwargs = {} if stage_capacities is None else {"stage_capacities": stage_capacities}
+      features, _ = ptv3.PointTransformerV3(config, name="backbone")(
+          coord, feat, grid, valid, train=train, **kwargs)
+      return nn.Dense(protocol_scene.NUM_CLASSES, name="head")(features)
+
+  net = Net()
+  inputs = tuple(map(jnp.asarray, (coord, feat, grid, valid)))
+  labels = jnp.asarray(label)
+  t_build = time.perf_counter()
+  variables = jax.jit(functools.partial(net.init, train=False, stage_capacities=None))(
+      jax.random.key(0), *inputs)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  optimizer = optax.adamw(2e-3, weight_decay=0.05)
+  opt_state = optimizer.init(params)
+
+  @functools.partial(jax.jit, static_argnums=(6,), donate_argnums=(0, 1, 2))
+  def train_step(params, batch_stats, opt_state, rng, inputs, labels, caps):
+    def loss_fn(p):
+      logits, updates = net.apply(
+          {"params": p, "batch_stats": batch_stats}, *inputs, train=True, stage_capacities=caps,
+          rngs={"dropout": rng, "order": jax.random.fold_in(rng, 1)}, mutable=["batch_stats"])
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return jnp.sum(jnp.where(inputs[3], ce, 0.0)) / jnp.sum(inputs[3]), updates
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    step_updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, step_updates), updates["batch_stats"], opt_state,
+            loss)
+
+  @functools.partial(jax.jit, static_argnums=(3,))
+  def infer(params, batch_stats, inputs, caps):
+    return net.apply({"params": params, "batch_stats": batch_stats}, *inputs, train=False,
+                     stage_capacities=caps, rngs={"order": jax.random.key(0)})
+
+  times = []
+  first = None
+  for i in range(_STEPS[workload] + 1):
+    t0 = time.perf_counter()
+    caps = step_capacities()
+    if mode == "train":
+      params, batch_stats, opt_state, out = train_step(
+          params, batch_stats, opt_state, jax.random.key(i), inputs, labels, caps)
+    else:
+      out = infer(params, batch_stats, inputs, caps)
+    jax.block_until_ready(out)
+    if first is None:
+      first = time.perf_counter() - t_build
+    else:
+      times.append(time.perf_counter() - t0)
+  return {"impl": "pointins_jax", "workload": workload, "capacities": capacities,
+          "n_points": n_points, "median_s": float(np.median(times)), "steps_s": times,
+          "first_step_s": first, "startup_s": t_build - start, "compiles": len(compiles),
+          "compile_s": float(sum(compiles)), "stage_capacities": caps,
+          "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+          "params": num_params}
+
+
+def _run_json(cmd: list[str], env=None, cwd=None) -> dict:
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+  for line in reversed(out.stdout.strip().splitlines()):
+    if line.startswith("{"):
+      return json.loads(line)
+  raise RuntimeError(f"{' '.join(cmd)} printed no JSON record (rc {out.returncode}):\n"
+                     f"{out.stderr[-3000:]}")
+
+
+def ours(workload: str, capacities: str, tree: str = "") -> dict:
+  """One worker process; `tree` runs another checkout's code (a baseline commit)."""
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+             POINTINS_COMPILATION_CACHE="0", JAX_COMPILATION_CACHE_DIR="",
+             JAX_ENABLE_COMPILATION_CACHE="false")  # compile time is part of what we measure
+  env.pop("JAX_COMPILATION_CACHE_DIR")
+  cwd = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if tree and not os.path.exists(os.path.join(tree, "benchmarks", "protocol_scene.py")):
+    raise FileNotFoundError(f"--baseline-tree {tree}: copy benchmarks/bench_model.py and "
+                            "benchmarks/protocol_scene.py into that checkout first.")
+  return _run_json([sys.executable, "-m", "benchmarks.bench_model", "--worker", workload,
+                    "--capacities", capacities], env, cwd)
+
+
+def reference(workload: str, python: str, script: str, tcmalloc: str) -> dict:
+  size, n_points, mode = parse_workload(workload)
+  env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+  if tcmalloc:
+    env["LD_PRELOAD"] = tcmalloc
+  return _run_json([python, script, "--scene", scene_path(n_points), "--config", size,
+                    "--mode", mode, "--steps", str(_STEPS[workload])], env)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="4k and 8k points, 2 repeats")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--skip-base-80k-backward", action="store_true",
-                      help="skip base forward+backward at the largest size (slow on CPU)")
+  parser.add_argument("--workloads", default=",".join(WORKLOADS))
+  parser.add_argument("--rounds", type=int, default=1, help="alternated process pairs")
+  parser.add_argument("--capacities", default="fitted", choices=("fitted", "fixed"),
+                      help="stage capacities: data-following (default) or fixed fractions")
+  parser.add_argument("--reference-python", default="", help="Pointcept venv's python")
+  parser.add_argument("--reference-script", default="", help="its bench_reference.py")
+  parser.add_argument("--tcmalloc", default="/work/peer/tcmalloc/usr/lib/x86_64-linux-gnu/"
+                      "libtcmalloc_minimal.so.4", help="LD_PRELOAD for the reference")
+  parser.add_argument("--baseline-tree", default="",
+                      help="also time this checkout (e.g. a git worktree of an older commit) "
+                      "with fixed capacities, alternated in the same window")
+  parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  repeats = 2 if args.quick else args.repeats
-  sizes = (4096, 8192) if args.quick else (20480, 81920)
-  peak = matmul_gflops(repeats)
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); B=1; median of "
-        f"{repeats}; f32 matmul 1024^3: {peak:.0f} GFLOP/s")
-  print("| model | N | real pts | fwd ms | fwd pts/s | fwd vs tiny | fwd+bwd ms | "
-        "fwd+bwd pts/s | fwd+bwd vs tiny |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for n_points in sizes:
-    baseline = None
-    for variant in ("tiny", "base"):
-      backward = not (args.skip_base_80k_backward and variant == "base" and n_points == sizes[-1])
-      fwd, bwd, real = time_model(variant, n_points, repeats, backward)
-      baseline = baseline or (fwd, bwd)
-      print(f"| {variant} | {n_points} | {real} | {fwd * 1e3:.0f} | {real / fwd:,.0f} | "
-            f"{baseline[0] / fwd:.2f}x | {bwd * 1e3:.0f} | {real / bwd:,.0f} | "
-            f"{baseline[1] / bwd:.2f}x |", flush=True)
-  print(f"\nattention (impl 'auto') at the base model's stage shapes, N={sizes[0]}:")
-  print("| stage | [P, H, L, D] | fwd ms | GFLOP/s | fraction of matmul |")
-  print("|---|---|---|---|---|")
-  for s, shape, seconds, gflops, fraction in attention_rows(sizes[0], repeats, peak):
-    print(f"| {s} | {list(shape)} | {seconds * 1e3:.2f} | {gflops:.1f} | {fraction:.2f} |",
-          flush=True)
+  if args.worker:
+    print(json.dumps(run_worker(args.worker, args.capacities)), flush=True)
+    return
+  with_ref = bool(args.reference_python and args.reference_script)
+  tcmalloc = args.tcmalloc if os.path.exists(args.tcmalloc) else ""
+  print(f"PTv3 protocol benchmark; ours: capacities={args.capacities}; "
+        f"{args.rounds} round(s), medians over rounds" + (
+            f"; reference: {args.reference_script} (tcmalloc {'on' if tcmalloc else 'off'})"
+            if with_ref else ""))
+  base = bool(args.baseline_tree)
+  print("| workload | ref s/step | " + ("baseline s/step | baseline GiB | baseline first s | "
+                                      if base else "") +
+        "ours s/step | ours / ref | peak GiB ours / ref | our first step s | compiles |")
+  print("|---|---|" + ("---|---|---|" if base else "") + "---|---|---|---|---|")
+  for workload in args.workloads.split(","):
+    rows = {"ours": [], "ref": [], "base": []}
+    for _ in range(args.rounds):
+      if with_ref:
+        rows["ref"].append(reference(workload, args.reference_python, args.reference_script,
+                                     tcmalloc))
+      if base:
+        rows["base"].append(ours(workload, "fixed", args.baseline_tree))
+      rows["ours"].append(ours(workload, args.capacities))
+    med = lambda side, key: float(np.median([r[key] for r in rows[side]]))
+    mine = med("ours", "median_s")
+    ref = med("ref", "median_s") if with_ref else float("nan")
+    ratios = [o["median_s"] / r["median_s"] for o, r in zip(rows["ours"], rows["ref"])]
+    ratio = f"{np.median(ratios):.2f}x" if ratios else "-"
+    ref_rss = f"{med('ref', 'peak_rss_gib'):.2f}" if with_ref else "-"
+    before = (f"{med('base', 'median_s'):.2f} | {med('base', 'peak_rss_gib'):.2f} | "
+              f"{med('base', 'first_step_s'):.1f} | " if base else "")
+    print(f"| {workload} | {ref:.2f} | {before}{mine:.2f} | {ratio} | "
+          f"{med('ours', 'peak_rss_gib'):.2f} / {ref_rss} | {med('ours', 'first_step_s'):.1f} | "
+          f"{int(med('ours', 'compiles'))} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def teacher_offset_targets(offsets, coord, features, valid, key, cfg, magnitude_
     out = scr_lib.spatial_clustering_targets(
         coord, o, features, mask, key, num_clusters=cfg.num_clusters,
         kmeans_iters=cfg.kmeans_iters, k_nn=cfg.k_nn, tau_d=cfg.tau_d, tau_min=cfg.tau_min,
-        centroid_source=cfg.centroid_source)
+        centroid_source=cfg.centroid_source, knn_impl=cfg.get("knn_impl", "auto"))
     return out["target"], out["has_target"] & mask, out["num_instances"]
 
   offsets = jax.lax.stop_gradient(offsets)

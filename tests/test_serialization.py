@@ -117,3 +117,27 @@ def test_ties_broken_by_coordinates_not_index():
   valid = np.ones(4, bool)
   order, _ = serialization.serialize(jnp.asarray(g), jnp.asarray(valid), jnp.asarray(coord))
   np.testing.assert_array_equal(np.asarray(order)[0], [3, 1, 2, 0])
+
+
+def test_batch_depth_matches_pointcept_on_mixed_extents():
+  """Pointcept serializes a batch with one depth, bit_length(max grid + 1) over every scene:
+  a small scene batched with a large one gets the large one's Hilbert depth."""
+  rng = np.random.default_rng(1)
+  small, large = _grid(rng, 100, 1 << 5), _grid(rng, 100, 1 << 10)
+  grid = np.stack([small, large]).astype(np.int32)
+  valid = np.ones((2, 100), bool)
+  coord = rng.random((2, 100, 3)).astype(np.float32)
+  depth = serialization.batch_depth(jnp.asarray(grid), jnp.asarray(valid))
+  expected_depth = int(grid.max() + 1).bit_length()  # 1023 + 1 -> 11 bits (own: 6)
+  assert np.asarray(depth).tolist() == [expected_depth] * 2 == [11, 11]
+  order, _ = jax.vmap(serialization.serialize, in_axes=(0, 0, 0, None, 0))(
+      jnp.asarray(grid), jnp.asarray(valid), jnp.asarray(coord), serialization.ORDERS, depth)
+  for row, name in enumerate(serialization.ORDERS):
+    c = coord[0]  # ties (shared cells) are broken by coordinates, then index
+    expected = np.lexsort((np.arange(100), c[:, 2], c[:, 1], c[:, 0],
+                           _ref(small, name, expected_depth)))
+    np.testing.assert_array_equal(np.asarray(order)[0, row], expected)
+  # The scene's own depth (5) orders the small scene differently on the Hilbert curves.
+  own, _ = serialization.serialize(jnp.asarray(small), jnp.asarray(valid[0]),
+                                   jnp.asarray(coord[0]))
+  assert not np.array_equal(np.asarray(own)[2], np.asarray(order)[0, 2])

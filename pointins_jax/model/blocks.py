@@ -53,19 +53,54 @@ class DropPath(nn.Module):
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
+LAST_PATCH_MODES = ("refill", "mask")
+
+
+def patch_slots(order, valid, patch_len: int, last_patch: str = "refill"):
+  """Which serialized point each patch slot reads, and which slots are real keys.
+
+  Slot j of a scene's serialized sequence (padding sorts last, so its c real points hold
+  slots 0..c-1) is cut into patches of `patch_len`. When c > L and c % L = r > 0, the last
+  patch holds r real points. 'refill' (Pointcept's `get_padding_and_inverse`) fills its
+  L - r empty slots with the points L slots earlier, so the last patch attends over the
+  last L points of the sequence, exactly as imported Pointcept/Sonata weights expect;
+  'mask' leaves them as masked padding. Outputs are read back only at each point's own
+  slot (< c), so a refilled duplicate's output is never used.
+
+  Args:
+    order: i32 [B, N] serialization order (point ids, padding last); valid: bool [B, N].
+    patch_len: L (static); last_patch: 'refill' | 'mask'.
+  Returns:
+    (rows i32 [B, N] point id per slot, key_valid bool [B, N] slots that are real keys).
+  """
+  if last_patch not in LAST_PATCH_MODES:
+    raise ValueError(f"model.last_patch={last_patch!r}; use one of {LAST_PATCH_MODES}.")
+  count = jnp.sum(valid, axis=1, keepdims=True)  # [B, 1]
+  slot = jnp.arange(order.shape[1], dtype=jnp.int32)[None, :]
+  key_valid = slot < count
+  if last_patch == "mask":
+    return order, key_valid
+  remainder = count % patch_len
+  refill = (count > patch_len) & (remainder > 0) & (slot >= count) & (
+      slot < count - remainder + patch_len)
+  rows = jnp.take_along_axis(order, jnp.where(refill, slot - patch_len, slot), axis=1)
+  return rows, key_valid | refill
+
+
 class SerializedAttention(nn.Module):
   """Multi-head attention inside patches of `patch_len` consecutive points of one order.
 
   Patches are rows of the per-scene serialized order reshaped to [N / L, L], so they never
-  span two scenes; padding points sort last and are masked out as keys. Unlike Pointcept,
-  an incomplete last patch is masked rather than filled with repeats of the previous
-  patch's points (§3.4); every full patch is identical.
+  span two scenes; padding points sort last and are masked out as keys. An incomplete
+  last patch is refilled with the previous patch's points as Pointcept does (§3.4,
+  `patch_slots`), or masked with last_patch='mask'.
   """
 
   num_heads: int
   patch_len: int
   impl: str = "auto"
   dtype: Any = jnp.float32
+  last_patch: str = "refill"
 
   @nn.compact
   def __call__(self, x, order, inverse, valid):
@@ -76,9 +111,10 @@ class SerializedAttention(nn.Module):
     patches = batch * (n // length)
     qkv = nn.Dense(3 * channels, dtype=self.dtype, kernel_init=DENSE_INIT, name="qkv")(x)
     # Pointcept splits the 3C outputs as [3, H, D].
-    qkv = gather_points(qkv, order).reshape(patches, length, 3, heads, head_dim)
+    rows, key_valid = patch_slots(order, valid, length, self.last_patch)
+    qkv = gather_points(qkv, rows).reshape(patches, length, 3, heads, head_dim)
     q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each [P, H, L, D]
-    key_valid = gather_points(valid, order).reshape(patches, length)
+    key_valid = key_valid.reshape(patches, length)
     out = patch_attention_lib.patch_attention(q, k, v, key_valid, scale=head_dim ** -0.5,
                                               impl=self.impl)
     out = jnp.transpose(out, (0, 2, 1, 3)).reshape(batch, n, channels)
@@ -96,6 +132,7 @@ class Block(nn.Module):
   drop_path: float = 0.0
   attention_impl: str = "auto"
   dtype: Any = jnp.float32
+  last_patch: str = "refill"
 
   @nn.compact
   def __call__(self, x, stage, *, train: bool, conv_input=None):
@@ -109,7 +146,7 @@ class Block(nn.Module):
     x = x + layer_norm("cpe_norm")(dense(self.channels, "cpe_linear")(cpe))
 
     attn = SerializedAttention(self.num_heads, self.patch_len, self.attention_impl, self.dtype,
-                               name="attn")(layer_norm("norm1")(x), stage["order"],
+                               self.last_patch, name="attn")(layer_norm("norm1")(x), stage["order"],
                                             stage["inverse"], stage["valid"])
     x = x + DropPath(self.drop_path, name="drop_path_attn")(attn, train)
 

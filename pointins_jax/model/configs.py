@@ -71,6 +71,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # 2 -> at most 1.5x padding per stage and few distinct shapes.
   c.capacity_steps_per_octave = 2
   c.attention_impl = "auto"
+  # The incomplete last patch of a stage: 'refill' with the previous patch's points as
+  # Pointcept does (imported weights reproduce it), or 'mask' its empty slots.
+  c.last_patch = "refill"
+  # Hilbert depth (bits per axis): 'batch' = Pointcept's one depth over the whole batch at
+  # each stage; 'scene' = each scene's own (its order then ignores its batch mates).
+  c.serialization_depth = "batch"
   c.dtype = "float32"  # compute dtype of Dense layers and attention ('float32' | 'bfloat16')
   c.mask_token = False
   # m1 decoders convolve only the projected skip in the first CPE of each stage (§3.6).

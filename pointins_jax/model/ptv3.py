@@ -27,12 +27,18 @@ _STEM_KERNEL = 5
 _CPE_KERNEL = 3
 
 
-def _stage_structure(grid, valid, coord, orders):
+def _stage_structure(grid, valid, coord, orders, depth_mode):
   """Batched per-stage structure: CPE neighbour table and every curve's order/inverse."""
   neighbors = jax.vmap(lambda g, v, c: sparse_conv.neighbor_table(g, v, c, _CPE_KERNEL))(
       grid, valid, coord)
-  order, inverse = jax.vmap(lambda g, v, c: serialization.serialize(g, v, c, orders))(
-      grid, valid, coord)  # [B, k, N] each
+  if depth_mode == "batch":  # Pointcept: one depth over the whole batch, every stage
+    depth = serialization.batch_depth(grid, valid)
+  elif depth_mode == "scene":
+    depth = jax.vmap(serialization.scene_depth)(grid, valid)
+  else:
+    raise ValueError(f"model.serialization_depth={depth_mode!r}; use 'batch' or 'scene'.")
+  order, inverse = jax.vmap(lambda g, v, c, d: serialization.serialize(g, v, c, orders, d))(
+      grid, valid, coord, depth)  # [B, k, N] each
   return {"neighbors": neighbors, "orders": order, "inverses": inverse, "valid": valid,
           "grid": grid, "coord": coord}
 
@@ -96,13 +102,14 @@ class PointTransformerV3(nn.Module):
       length = configs.patch_length(capacities[s], patch)
       for i in range(depths):
         x = blocks.Block(channels, heads, length, cfg.mlp_ratio, rates[i], cfg.attention_impl,
-                         dtype, name=f"{prefix}_block{i}")(
+                         dtype, cfg.get("last_patch", "refill"), name=f"{prefix}_block{i}")(
                              x, _block_view(stage, stage["rows"][i % len(orders)]), train=train,
                              conv_input=conv_input if i == 0 else None)
       return x
 
     # Stem.
-    stage = shuffled(_stage_structure(grid, valid, coord, orders))
+    depth_mode = cfg.get("serialization_depth", "batch")
+    stage = shuffled(_stage_structure(grid, valid, coord, orders, depth_mode))
     c0 = cfg.enc_channels[0]
     if cfg.stem == "conv":
       stem_neighbors = jax.vmap(
@@ -135,7 +142,7 @@ class PointTransformerV3(nn.Module):
         stage["cluster"] = coarse["cluster"]
         overflow.append(coarse["overflow"])
         stage = shuffled(_stage_structure(coarse["grid"], coarse["valid"], coarse["coord"],
-                                          orders))
+                                          orders, depth_mode))
       else:
         overflow.append(jnp.zeros(valid.shape[:1], bool))
       start = sum(cfg.enc_depths[:s])

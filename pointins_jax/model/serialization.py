@@ -7,8 +7,9 @@ x is the most significant bit (z-order: x bit i -> code bit 3i+2, y -> 3i+1, z -
 The Hilbert curve is Skilling's transpose algorithm on the integer coordinates,
 followed by Gray-to-binary decoding of the interleaved bits, exactly as Pointcept's
 `hilbert.encode` does bit by bit. Unlike z-order, the Hilbert code depends on the depth
-(the number of bits per axis); Pointcept uses `depth = bit_length(max grid + 1)` and so
-do we, per scene.
+(the number of bits per axis); Pointcept uses `depth = bit_length(max grid + 1)` over the
+whole batch at every stage (`batch_depth`), so a scene's Hilbert order depends on the
+largest scene it is batched with; `serialize` takes that depth, or the scene's own.
 
 Orders: 'z' (x, y, z), 'z-trans' (y, x, z), 'hilbert', 'hilbert-trans'.
 """
@@ -111,6 +112,13 @@ def scene_depth(grid, valid):
   return jnp.maximum(32 - jax.lax.clz(m.astype(jnp.int32)), 1)
 
 
+def batch_depth(grid, valid):
+  """Pointcept's batch-wide depth, one per row: scene_depth over every scene of grid
+  i32 [B, N, 3] / valid bool [B, N] -> i32 [B] (all equal)."""
+  depth = jnp.max(jax.vmap(scene_depth)(grid, valid))
+  return jnp.full(grid.shape[:1], depth, jnp.int32)
+
+
 def sort_by_code(hi, lo, valid, coord):
   """Serialization order: by code, padding last, ties broken by coordinates.
 
@@ -128,8 +136,11 @@ def sort_by_code(hi, lo, valid, coord):
   return order, inverse
 
 
-def serialize(grid, valid, coord, orders=ORDERS):
-  """Orders and inverses for every curve: i32 [len(orders), N] each."""
-  depth = scene_depth(grid, valid)
+def serialize(grid, valid, coord, orders=ORDERS, depth=None):
+  """Orders and inverses for every curve: i32 [len(orders), N] each.
+
+  depth: Hilbert bits per axis (traced scalar), default the scene's own `scene_depth`.
+  """
+  depth = scene_depth(grid, valid) if depth is None else depth
   outs = [sort_by_code(*encode(grid, o, depth), valid, coord) for o in orders]
   return jnp.stack([o for o, _ in outs]), jnp.stack([i for _, i in outs])

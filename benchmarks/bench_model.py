@@ -82,9 +82,13 @@ def _padded(scene: dict, capacity: int):
           (np.arange(capacity) < n)[None], pad(scene["label"].astype(np.int32)))
 
 
-def run_worker(workload: str, capacities: str) -> dict:
-  """Times one workload of ours in this process; returns the JSON record."""
-  start = time.perf_counter()
+def build_workload(workload: str, capacities: str):
+  """Builds one workload of ours; returns (step, info).
+
+  `step(i)` runs step i (host capacity count included) and returns its device outputs;
+  `info` holds 'params', 'lowered' (a function returning the step's jax `Lowered` for
+  cost analysis and op metadata) and 'capacities' (the last step's stage capacities).
+  """
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -93,10 +97,6 @@ def run_worker(workload: str, capacities: str) -> dict:
   from pointins_jax.model import configs  # pylint: disable=import-outside-toplevel
   from pointins_jax.model import ptv3  # pylint: disable=import-outside-toplevel
 
-  compiles = []  # backend compilations (jax's monitoring event), also on older trees
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, seconds, **_: compiles.append(seconds)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
   size, n_points, mode = parse_workload(workload)
   config = protocol_model_config(size)
   scene = protocol_scene.load_scene(scene_path(n_points))
@@ -124,13 +124,11 @@ def run_worker(workload: str, capacities: str) -> dict:
   net = Net()
   inputs = tuple(map(jnp.asarray, (coord, feat, grid, valid)))
   labels = jnp.asarray(label)
-  t_build = time.perf_counter()
   variables = jax.jit(functools.partial(net.init, train=False, stage_capacities=None))(
       jax.random.key(0), *inputs)
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   optimizer = optax.adamw(2e-3, weight_decay=0.05)
-  opt_state = optimizer.init(params)
+  state["opt"] = optimizer.init(state["params"])
 
   @functools.partial(jax.jit, static_argnums=(6,), donate_argnums=(0, 1, 2))
   def train_step(params, batch_stats, opt_state, rng, inputs, labels, caps):
@@ -150,27 +148,57 @@ def run_worker(workload: str, capacities: str) -> dict:
     return net.apply({"params": params, "batch_stats": batch_stats}, *inputs, train=False,
                      stage_capacities=caps, rngs={"order": jax.random.key(0)})
 
+  info = {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"])),
+          "capacities": None}
+
+  def step(i):
+    caps = step_capacities()
+    info["capacities"] = caps
+    if mode == "train":
+      state["params"], state["batch_stats"], state["opt"], out = train_step(
+          state["params"], state["batch_stats"], state["opt"], jax.random.key(i), inputs, labels,
+          caps)
+      return out
+    return infer(state["params"], state["batch_stats"], inputs, caps)
+
+  def lowered():
+    caps = step_capacities()
+    if mode == "train":
+      return train_step.lower(state["params"], state["batch_stats"], state["opt"],
+                              jax.random.key(0), inputs, labels, caps)
+    return infer.lower(state["params"], state["batch_stats"], inputs, caps)
+
+  info["lowered"] = lowered
+  return step, info
+
+
+def run_worker(workload: str, capacities: str) -> dict:
+  """Times one workload of ours in this process; returns the JSON record."""
+  start = time.perf_counter()
+  import jax  # pylint: disable=import-outside-toplevel
+
+  compiles = []  # backend compilations (jax's monitoring event), also on older trees
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, seconds, **_: compiles.append(seconds)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  t_build = time.perf_counter()
+  step, info = build_workload(workload, capacities)
   times = []
   first = None
   for i in range(_STEPS[workload] + 1):
     t0 = time.perf_counter()
-    caps = step_capacities()
-    if mode == "train":
-      params, batch_stats, opt_state, out = train_step(
-          params, batch_stats, opt_state, jax.random.key(i), inputs, labels, caps)
-    else:
-      out = infer(params, batch_stats, inputs, caps)
-    jax.block_until_ready(out)
+    jax.block_until_ready(step(i))
     if first is None:
       first = time.perf_counter() - t_build
     else:
       times.append(time.perf_counter() - t0)
   return {"impl": "pointins_jax", "workload": workload, "capacities": capacities,
-          "n_points": n_points, "median_s": float(np.median(times)), "steps_s": times,
-          "first_step_s": first, "startup_s": t_build - start, "compiles": len(compiles),
-          "compile_s": float(sum(compiles)), "stage_capacities": caps,
+          "n_points": parse_workload(workload)[1], "median_s": float(np.median(times)),
+          "steps_s": times, "first_step_s": first, "startup_s": t_build - start,
+          "compiles": len(compiles), "compile_s": float(sum(compiles)),
+          "stage_capacities": info["capacities"],
           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-          "params": num_params}
+          "params": info["params"]}
 
 
 def _run_json(cmd: list[str], env=None, cwd=None) -> dict:

@@ -141,3 +141,17 @@ def test_batch_depth_matches_pointcept_on_mixed_extents():
   own, _ = serialization.serialize(jnp.asarray(small), jnp.asarray(valid[0]),
                                    jnp.asarray(coord[0]))
   assert not np.array_equal(np.asarray(own)[2], np.asarray(order)[0, 2])
+
+
+def test_unique_cells_fast_path_gives_the_same_order():
+  rng = np.random.default_rng(2)
+  flat = rng.choice(64 ** 3, 300, replace=False)  # distinct cells, as on pooled stages
+  g = np.stack(np.unravel_index(flat, (64,) * 3), -1).astype(np.int32)
+  valid = rng.random(300) < 0.8
+  coord = rng.random((300, 3)).astype(np.float32)
+  args = (jnp.asarray(g), jnp.asarray(valid), jnp.asarray(coord))
+  slow = serialization.serialize(*args)
+  fast = serialization.serialize(*args, unique_cells=True)
+  n = int(valid.sum())
+  for a, b in zip(slow, fast):
+    np.testing.assert_array_equal(np.asarray(a)[:, :n], np.asarray(b)[:, :n])

@@ -77,3 +77,31 @@ def test_invalid_points_neither_send_nor_receive():
   assert (table[2] == -1).all()
   assert 2 not in table
   assert table[0, 14] == 1  # offset (0, 0, +1)
+
+
+def test_shared_cells_resolve_to_the_first_point_in_coordinate_order():
+  """Views are not re-voxelised after augmentation, so cells can hold several points: the
+  neighbour is the first of them by coordinates (x, y, z), whatever the input order."""
+  rng = np.random.default_rng(5)
+  g = _scene(rng, 120, 6)
+  dup = rng.integers(0, 120, 80)  # 80 extra points in already occupied cells
+  g = np.concatenate([g, g[dup]])
+  coord = (g + rng.random(g.shape)).astype(np.float32)
+  valid = rng.random(len(g)) < 0.9
+  best = {}
+  for i in np.lexsort((np.arange(len(g)), coord[:, 2], coord[:, 1], coord[:, 0])):
+    if valid[i]:
+      best.setdefault(tuple(g[i]), i)
+  offsets = sparse_conv.kernel_offsets(3)
+  expected = np.full((len(g), 27), -1)
+  for i in np.flatnonzero(valid):
+    for j, o in enumerate(offsets):
+      expected[i, j] = best.get(tuple(g[i] + o), -1)
+  perm = rng.permutation(len(g))
+  table = np.asarray(jax.jit(sparse_conv.neighbor_table, static_argnums=3)(
+      jnp.asarray(g[perm]), jnp.asarray(valid[perm]), jnp.asarray(coord[perm]), 3))
+  # Map the permuted table back to original ids.
+  mapped = np.where(table >= 0, perm[np.maximum(table, 0)], -1)
+  restored = np.empty_like(mapped)
+  restored[perm] = mapped
+  np.testing.assert_array_equal(restored, expected)

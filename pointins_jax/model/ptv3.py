@@ -27,8 +27,11 @@ _STEM_KERNEL = 5
 _CPE_KERNEL = 3
 
 
-def _stage_structure(grid, valid, coord, orders, depth_mode):
-  """Batched per-stage structure: CPE neighbour table and every curve's order/inverse."""
+def _stage_structure(grid, valid, coord, orders, depth_mode, unique_cells=False):
+  """Batched per-stage structure: CPE neighbour table and every curve's order/inverse.
+
+  unique_cells: a pooled stage (one point per cell), whose sorts need no tie-break.
+  """
   neighbors = jax.vmap(lambda g, v, c: sparse_conv.neighbor_table(g, v, c, _CPE_KERNEL))(
       grid, valid, coord)
   if depth_mode == "batch":  # Pointcept: one depth over the whole batch, every stage
@@ -37,8 +40,8 @@ def _stage_structure(grid, valid, coord, orders, depth_mode):
     depth = jax.vmap(serialization.scene_depth)(grid, valid)
   else:
     raise ValueError(f"model.serialization_depth={depth_mode!r}; use 'batch' or 'scene'.")
-  order, inverse = jax.vmap(lambda g, v, c, d: serialization.serialize(g, v, c, orders, d))(
-      grid, valid, coord, depth)  # [B, k, N] each
+  order, inverse = jax.vmap(lambda g, v, c, d: serialization.serialize(
+      g, v, c, orders, d, unique_cells))(grid, valid, coord, depth)  # [B, k, N] each
   return {"neighbors": neighbors, "orders": order, "inverses": inverse, "valid": valid,
           "grid": grid, "coord": coord}
 
@@ -142,7 +145,7 @@ class PointTransformerV3(nn.Module):
         stage["cluster"] = coarse["cluster"]
         overflow.append(coarse["overflow"])
         stage = shuffled(_stage_structure(coarse["grid"], coarse["valid"], coarse["coord"],
-                                          orders, depth_mode))
+                                          orders, depth_mode, unique_cells=True))
       else:
         overflow.append(jnp.zeros(valid.shape[:1], bool))
       start = sum(cfg.enc_depths[:s])

@@ -119,28 +119,34 @@ def batch_depth(grid, valid):
   return jnp.full(grid.shape[:1], depth, jnp.int32)
 
 
-def sort_by_code(hi, lo, valid, coord):
+def sort_by_code(hi, lo, valid, coord, unique_cells: bool = False):
   """Serialization order: by code, padding last, ties broken by coordinates.
 
   Breaking ties between points of one cell by their coordinates (not their index)
   makes the order, and so the network, equivariant to permutations of the input.
+  `unique_cells` (pooled stages: one point per cell, so codes never tie) sorts by the
+  code alone, a cheaper sort with the same result.
 
   Returns (order i32 [N], inverse i32 [N]) with inverse[order[i]] = i.
   """
   n = hi.shape[0]
   hi = jnp.where(valid, hi, PAD_HI)
   iota = jnp.arange(n, dtype=jnp.int32)
-  operands = (hi, lo, coord[:, 0], coord[:, 1], coord[:, 2], iota)
-  order = jax.lax.sort(operands, num_keys=5)[-1]
+  if unique_cells:
+    order = jax.lax.sort((hi, lo, iota), num_keys=2, is_stable=True)[-1]
+  else:
+    operands = (hi, lo, coord[:, 0], coord[:, 1], coord[:, 2], iota)
+    order = jax.lax.sort(operands, num_keys=5)[-1]
   inverse = jnp.zeros((n,), jnp.int32).at[order].set(iota)
   return order, inverse
 
 
-def serialize(grid, valid, coord, orders=ORDERS, depth=None):
+def serialize(grid, valid, coord, orders=ORDERS, depth=None, unique_cells: bool = False):
   """Orders and inverses for every curve: i32 [len(orders), N] each.
 
   depth: Hilbert bits per axis (traced scalar), default the scene's own `scene_depth`.
+  unique_cells: every valid point has its own cell (see `sort_by_code`).
   """
   depth = scene_depth(grid, valid) if depth is None else depth
-  outs = [sort_by_code(*encode(grid, o, depth), valid, coord) for o in orders]
+  outs = [sort_by_code(*encode(grid, o, depth), valid, coord, unique_cells) for o in orders]
   return jnp.stack([o for o, _ in outs]), jnp.stack([i for _, i in outs])

@@ -113,16 +113,15 @@ def neighbor_table(grid, valid, coord, kernel_size: int):
 def sparse_conv(features, neighbors, kernel):
   """out[i] = sum_k features[neighbors[i, k]] @ kernel[k] (missing neighbours add 0).
 
-  Missing neighbours (-1) read an appended zero row instead of being masked with a select
-  over the gathered [N, K3, C_in] block: the select and its backward cost as much as the
-  gather itself on a CPU (benchmarks/bench_sparse_conv.py).
+  A clamped gather and a select, which XLA fuses into the dot's operand; reverse mode is
+  autodiff (a scatter-add). Measured alternatives that were slower on the 2-core CPU
+  (docs/performance.md): reading an appended zero row (the concatenation is materialised)
+  and a custom VJP through the transposed table (a gather instead of the scatter-add).
 
   Args:
     features: [N, C_in]; neighbors: i32 [N, K3]; kernel: [K3, C_in, C_out].
   """
-  n = features.shape[0]
-  padded = jnp.concatenate([features, jnp.zeros((1,) + features.shape[1:], features.dtype)])
-  gathered = padded[jnp.where(neighbors >= 0, neighbors, n)]
+  gathered = jnp.where((neighbors >= 0)[..., None], features[jnp.maximum(neighbors, 0)], 0.0)
   return jnp.einsum("nkc,kcd->nd", gathered, kernel.astype(features.dtype))
 
 

@@ -1,6 +1,7 @@
 """PTv3 train and inference step against the PyTorch reference protocol, process by process.
 
   python -m benchmarks.bench_model                                  # ours, five workloads
+  python -m benchmarks.bench_model --quick                          # tiny at 20k only
   python -m benchmarks.bench_model --reference-python /work/peer/venv/bin/python \\
       --reference-script /work/peer/bench_reference.py --rounds 3     # alternated with Pointcept
   python -m benchmarks.bench_model --workloads tiny-20k-train --capacities fixed   # the lever
@@ -236,6 +237,7 @@ def reference(workload: str, python: str, script: str, tcmalloc: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workloads", default=",".join(WORKLOADS))
+  parser.add_argument("--quick", action="store_true", help="tiny-20k train and inference")
   parser.add_argument("--rounds", type=int, default=1, help="alternated process pairs")
   parser.add_argument("--capacities", default="fitted", choices=("fitted", "fixed"),
                       help="stage capacities: data-following (default) or fixed fractions")
@@ -251,6 +253,8 @@ def main():
   if args.worker:
     print(json.dumps(run_worker(args.worker, args.capacities)), flush=True)
     return
+  if args.quick:
+    args.workloads = "tiny-20k-train,tiny-20k-inference"
   with_ref = bool(args.reference_python and args.reference_script)
   tcmalloc = args.tcmalloc if os.path.exists(args.tcmalloc) else ""
   print(f"PTv3 protocol benchmark; ours: capacities={args.capacities}; "

@@ -62,7 +62,10 @@ def main():
   parser.add_argument("--capacities", default="fitted", choices=("fitted", "fixed"))
   parser.add_argument("--steps", type=int, default=3, help="profiled steps (after warm-up)")
   parser.add_argument("--verbose", action="store_true", help="list the largest 'other' ops")
+  parser.add_argument("--quick", action="store_true", help="one profiled step")
   args = parser.parse_args()
+  if args.quick:
+    args.steps = 1
   step, info = bench_model.build_workload(args.workload, args.capacities)
   jax.block_until_ready(step(0))
   jax.block_until_ready(step(1))

@@ -19,6 +19,16 @@ scene's point order.
 Eval mode: `model.eval()`, then every biased `spconv.SubMConv3d` (the blocks' CPE convs) back
 in `.train()`: spconv's CPU eval path asserts on biased convs (spconv#719); for a submanifold
 conv train mode only moves where the bias is added. BatchNorm, dropout, DropPath stay in eval.
+
+Two changes to the reference's behaviour, needed for a deterministic, comparable output:
+* `shuffle_orders` of every `SerializedPooling` is set to the model's `shuffle_orders`.
+  PointTransformerV3.__init__ (model.py, also in eval) builds its SerializedPooling modules
+  without passing `shuffle_orders`, so they keep their default True and permute the four curve
+  rows of every coarse stage with `torch.randperm` even when the model says
+  shuffle_orders=False; stage 0 alone follows the flag.
+* torch runs on one thread (env POINTCEPT_THREADS, default 1): spconv 2.3.8's CPU sparse conv
+  is racy with more threads (the k=5 stem conv on a 3000-point scene gave ~40 wrong rows,
+  max error ~0.1, different every call, with 2 threads; exact with 1).
 """
 import argparse
 import json
@@ -66,6 +76,9 @@ def main():
   import spconv.pytorch as spconv  # pylint: disable=import-outside-toplevel
   model = build(json.loads(args.config), args.seed)
   model.eval()
+  for m in model.modules():  # model.py does not pass shuffle_orders on (see module doc)
+    if type(m).__name__ == "SerializedPooling":
+      m.shuffle_orders = model.shuffle_orders
   for m in model.modules():  # spconv#719 (see module doc)
     if isinstance(m, spconv.SubMConv3d) and m.bias is not None:
       m.train()

@@ -42,7 +42,9 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
   config.model.in_channels = 9 if indoor else 4
 
   config.heads = ml_collections.ConfigDict(dict(
-      proj_hidden=4096, proj_bottleneck=256, num_prototypes=4096, offset_hidden=256))
+      proj_hidden=4096, proj_bottleneck=256, num_prototypes=4096, offset_hidden=256,
+      # The offset head reads the last three encoder stages (paper Appendix A); 5 = all.
+      offset_stages=3))
 
   # Semantic branch: Sonata recipe + DOS's softmaps and Zipf prior (see semantic.py).
   config.semantic = ml_collections.ConfigDict(dict(

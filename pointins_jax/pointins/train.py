@@ -51,6 +51,9 @@ def learning_rate_schedule(config, total_steps: int):
 
 
 def build_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """Global-norm clip (`optim.clip_norm`) + AdamW (`optim.lr` schedule, `optim.b1`,
+  `optim.b2`) with the constant weight decay `optim.weight_decay` of Table 9 (no schedule;
+  see `schedules.weight_decay` for Sonata's)."""
   return optax.chain(
       optax.clip_by_global_norm(config.optim.clip_norm),
       optax.adamw(learning_rate_schedule(config, total_steps), b1=config.optim.b1,

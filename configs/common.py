@@ -83,6 +83,9 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
       batch_size=16, epochs=800 if indoor else 50, total_steps=0,
       log_every=10, checkpoint_every=1000, keep_checkpoints=3, tensorboard=True,
       progress_bar=True, export_weights="teacher",
+      # Offset quality on validation scans (pointins/monitor.py): every this many steps,
+      # also before training and at the end; 0 = off. Labels are read for it only.
+      eval_every=0, num_eval_scenes=2,
       stop_after_steps=0))  # > 0: stop (as if killed) after this many steps of this run
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1))

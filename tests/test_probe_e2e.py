@@ -1,4 +1,5 @@
-"""End to end: pretrain the tiny model 1 step -> linear insseg probe -> unsupervised instances.
+"""End to end: pretrain the tiny model 1 step (offset-quality monitor on) -> linear insseg probe
+-> unsupervised instances.
 
 One test (so xdist keeps the shared pretraining run in one worker): ~2.5 min pretraining
 compile on a 2-core CPU plus ~1.5 min per stage, less when the persistent XLA cache holds
@@ -16,6 +17,7 @@ from configs import probe_indoor
 from experiments import unsup_instances
 from pointins_jax import metric_writer
 from pointins_jax.pointins import loop as pretrain_loop
+from pointins_jax.pointins import monitor
 from pointins_jax.probe import oracle
 from pointins_jax.probe import loop as probe_loop
 
@@ -27,8 +29,17 @@ def _in_unit_interval(value):
 def _pretrain(workdir):
   config = pointins_indoor.get_config("demo")
   config.data.num_scenes = 2
-  config.train.update(total_steps=1, tensorboard=False, progress_bar=False)
+  config.train.update(total_steps=1, tensorboard=False, progress_bar=False, eval_every=1,
+                      num_eval_scenes=1)
   pretrain_loop.train_and_evaluate(config, str(workdir))
+  # The offset-quality monitor scored the weights before and after the step.
+  evals = monitor.history(str(workdir))
+  assert [m["step"] for m in evals] == [0, 1]
+  for m in evals:
+    assert set(monitor.KEYS) <= set(m) and m["offset_eval_scenes"] == 1
+    assert m["offset_baseline_median"] > 0.1  # metres: points lie away from their centres
+    assert 0.0 <= m["offset_closer_fraction"] <= 1.0 and m["offset_dist_mean"] > 0
+  assert os.path.getsize(workdir / monitor.PLOT_NAME) > 10_000
   return str(workdir / "export")
 
 

@@ -32,6 +32,7 @@ from pointins_jax.data import views as views_lib
 from pointins_jax.data import visualize
 from pointins_jax.data.scene import Scene
 from pointins_jax.metrics import instance as instance_metrics
+from pointins_jax.metrics import offset_quality
 from pointins_jax.metrics import panoptic as panoptic_metrics
 from pointins_jax.metrics import protocol as protocol_lib
 from pointins_jax.metrics import report
@@ -101,10 +102,7 @@ def instance_targets(batch: dict) -> dict:
   has = batch["valid"] & (inst >= 0)
   centroid = np.zeros_like(coord)
   for b in range(coord.shape[0]):
-    ids, inverse, counts = np.unique(inst[b][has[b]], return_inverse=True, return_counts=True)
-    sums = np.zeros((len(ids), 3), np.float64)
-    np.add.at(sums, inverse, coord[b][has[b]])
-    centroid[b][has[b]] = (sums / counts[:, None])[inverse]
+    centroid[b] = offset_quality.instance_centres(coord[b], np.where(has[b], inst[b], -1))[0]
   return {"instance_centroid": centroid, "has_instance": has}
 
 

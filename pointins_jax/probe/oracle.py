@@ -14,26 +14,7 @@ from typing import Optional
 import numpy as np
 
 from pointins_jax.data.scene import Scene
-
-
-def instance_centres(coord: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per point, the centroid of its ground-truth instance.
-
-  Args:
-    coord: float [N, 3] metres; instance: int [N], -1 = none.
-  Returns:
-    (centre f64 [N, 3] (0 where none), has_instance bool [N]).
-  """
-  coord = np.asarray(coord, np.float64)
-  instance = np.asarray(instance)
-  has = instance >= 0
-  centre = np.zeros_like(coord)
-  if has.any():
-    _, inverse, counts = np.unique(instance[has], return_inverse=True, return_counts=True)
-    sums = np.zeros((len(counts), 3))
-    np.add.at(sums, inverse, coord[has])
-    centre[has] = (sums / counts[:, None])[inverse]
-  return centre, has
+from pointins_jax.metrics import offset_quality
 
 
 def oracle_offsets(scene: Scene, *, scale: float = 1.0, noise_sigma: float = 0.0,
@@ -45,7 +26,7 @@ def oracle_offsets(scene: Scene, *, scale: float = 1.0, noise_sigma: float = 0.0
   if scene.instance is None:
     raise ValueError(f"{scene.source} (scene {scene.name!r}): oracle offsets need instance "
                      "labels.")
-  centre, has = instance_centres(scene.coord, scene.instance)
+  centre, has = offset_quality.instance_centres(scene.coord, scene.instance)
   offsets = np.where(has[:, None], scale * (centre - scene.coord), 0.0)
   if noise_sigma > 0:
     rng = np.random.default_rng(0) if rng is None else rng

@@ -73,7 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
   eval_every = int(config.train.get("eval_every", 0))
-  offsets_fn = monitor.make_offsets_fn(config) if eval_every > 0 and is_main else None
+  offsets_fn = train_lib.make_offsets_fn(config) if eval_every > 0 and is_main else None
 
   def monitor_offsets(step):
     """Offset quality of the weights the export will hold, logged at `step`."""

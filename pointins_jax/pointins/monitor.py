@@ -38,28 +38,15 @@ KEYS = ("offset_dist_median", "offset_dist_mean", "offset_baseline_median",
 PLOT_NAME = "offset_quality.png"
 
 
-def make_offsets_fn(config):
-  """(params, numpy batch) -> offsets f32 [B, P, 3] (the network's, eval mode), jitted."""
-  net = train_lib.build_network(config)
-
-  @jax.jit
-  def offsets(params, batch):
-    out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                    batch["valid"], train=False, rngs={"order": jax.random.key(0)})
-    return out["offsets"]  # the projection head is dead code here, pruned by XLA
-
-  return offsets
-
-
 def evaluate(config, params, offsets_fn=None, *, log=print) -> dict:
   """The `KEYS` figures of `params` (network params, host or device) on validation scans.
 
   Args:
-    offsets_fn: `make_offsets_fn(config)` (pass one to reuse its compilation).
+    offsets_fn: `train.make_offsets_fn(config)` (pass one to reuse its compilation).
   Returns:
     {key: float} for every key of `KEYS`, plus "offset_eval_scenes".
   """
-  offsets_fn = make_offsets_fn(config) if offsets_fn is None else offsets_fn
+  offsets_fn = train_lib.make_offsets_fn(config) if offsets_fn is None else offsets_fn
   params = jax.device_get(params)
   apply = lambda batch: {"offsets": np.asarray(offsets_fn(params, batch))}
   capacities = functools.partial(model_configs.stage_capacities, config.model)

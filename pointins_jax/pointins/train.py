@@ -45,6 +45,20 @@ def build_network(config) -> network_lib.PointINSNetwork:
   return network_lib.PointINSNetwork(config.model, config.heads)
 
 
+def make_offsets_fn(config):
+  """(params, batch of numpy/jax arrays) -> offsets f32 [B, P, 3]: the network in eval mode
+  (no drop path), jitted; only `inference.MODEL_KEYS` of the batch are read."""
+  net = build_network(config)
+
+  @jax.jit
+  def offsets(params, batch):
+    out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
+                    batch["valid"], train=False, rngs={"order": jax.random.key(0)})
+    return out["offsets"]  # the projection head is dead code here, pruned by XLA
+
+  return offsets
+
+
 def learning_rate_schedule(config, total_steps: int):
   return lambda step: schedules.warmup_cosine_lr(
       step, total_steps, config.optim.lr, warmup_ratio=config.optim.warmup_ratio)

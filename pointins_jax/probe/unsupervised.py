@@ -13,7 +13,6 @@ import functools
 import os
 from typing import Callable, Optional
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -36,14 +35,7 @@ def load_pointins(export_dir: str):
   config, params = export_lib.load_export(export_dir)
   with config.unlocked():
     config.model = inference.export_model_config(config)
-  net = pointins_train.build_network(config)
-
-  @jax.jit
-  def offsets(params, batch):
-    out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                    batch["valid"], train=False, rngs={"order": jax.random.key(0)})
-    return out["offsets"]  # the projection head is dead code here, pruned by XLA
-
+  offsets = pointins_train.make_offsets_fn(config)
   return config, lambda batch: {"offsets": np.asarray(offsets(params, batch))}
 
 

@@ -23,12 +23,17 @@ def test_imperfect_oracle_offsets_find_instances(variant):
                                                           unsup["AP25"])
 
 
-@pytest.mark.parametrize("variant", ["indoor-default", "indoor-small"])
-def test_zero_offsets_do_not_separate_instances_class_agnostic(variant):
-  # Without offsets, objects stand on the floor and lean on walls: one component.
-  zero = oracle_grouping.unsup_ap(variant, "zero", num_scenes=1)["AP25"]
-  half = oracle_grouping.unsup_ap(variant, "half", num_scenes=1)["AP25"]
-  assert zero < 0.25 and half - zero > 0.5, (zero, half)
+@pytest.mark.parametrize("variant", ["indoor-default", "indoor-small", "outdoor-default"])
+def test_zero_offsets_score_clearly_lower(variant):
+  # Raw surfaces are linked at about their sampling spacing only, so without offsets
+  # objects break up or merge with what they touch. (outdoor-small is left out: its few
+  # cars stand isolated in a sparse sweep, and zero offsets find them too.)
+  for fn in (oracle_grouping.probe_ap, oracle_grouping.unsup_ap):
+    zero = fn(variant, "zero", num_scenes=1)["AP25"]
+    half = fn(variant, "half", num_scenes=1)["AP25"]
+    assert half - zero > 0.5, (fn.__name__, zero, half)
+    if variant.startswith("indoor"):
+      assert zero < 0.25, (fn.__name__, zero)
 
 
 def _touching_boxes(spacing, rng):
@@ -71,8 +76,8 @@ def test_linking_radius_follows_the_sampling_spacing():
   # The 4th nearest neighbour of an inner lattice point is one spacing away; edge points
   # (fewer neighbours) reach further.
   inner = np.all((plane[:, :2] > 0.01) & (plane[:, :2] < 0.94), axis=1)
-  np.testing.assert_allclose(radii[inner], 1.5 * 0.05, rtol=1e-6)
-  assert (radii[~inner] >= 1.5 * 0.05 - 1e-9).all()
+  np.testing.assert_allclose(radii[inner], 0.05, rtol=1e-6)
+  assert (radii[~inner] >= 0.05 - 1e-9).all()
   dense = grouping.linking_radii(plane / 5.0, voxel_size=0.02, radius=0.03)
   np.testing.assert_allclose(dense, 0.03)  # never below 1.5 voxels
 

@@ -16,14 +16,18 @@ runs in three steps, on the host (scipy):
    on their original coordinates; each (cube, group) pair becomes one representative at the
    mean original coordinate and the mean shifted coordinate of its points.
 2. Linking radius, per representative i (`linking_radii`):
-     r_i = max(radius, 1.5 * voxel_size, SPACING_FACTOR * s_i),
+     r_i = max(radius, 1.5 * voxel_size, SPACING_FACTOR * s_i),   SPACING_FACTOR = 1,
    where s_i is the local sampling spacing: the distance from i to its
-   SPACING_NEIGHBOUR-th nearest representative of the same group, on original coordinates.
-   Representatives i and j are linked when their shifted positions are closer than
-   min(r_i, r_j) (both ends must find the link plausible, so a sparse region cannot reach
-   into a dense one) and j is among the `k_neighbors` nearest shifted representatives of i
-   (Pointcept's ball query is capped the same way). On dense scans (ScanNet on a 2 cm grid)
-   s_i is about one voxel and r_i is Pointcept's 3 cm; on sparse ones r_i follows the gaps.
+   SPACING_NEIGHBOUR-th (4th) nearest representative of the same group, on original
+   (unshifted) coordinates. So every point reaches at least its 4 nearest neighbours of the
+   raw sampling, a link in every direction along a surface, whatever the density; offsets
+   that pull an instance together only shorten its links. Representatives i and j are
+   linked when their shifted positions are closer than min(r_i, r_j) (both ends must find
+   the link plausible, so a sparse region cannot reach into a dense one) and j is among the
+   `k_neighbors` nearest shifted representatives of i (Pointcept's ball query is capped the
+   same way). On dense scans (ScanNet on a 2 cm grid: a voxel's 4 nearest occupied voxels
+   lie 2 cm away) r_i is Pointcept's 1.5 voxels = 3 cm; on sparse ones it follows the gaps
+   (small synthetic rooms: ~9 cm; LiDAR: growing with range).
 3. Connected components of that graph (scipy.sparse.csgraph) are carried back to every
    original point through its representative, so proposals and `min_points` count the full
    scan, which the metrics score.
@@ -40,9 +44,11 @@ import scipy.spatial
 from pointins_jax.data import transforms
 
 # Local sampling spacing: distance to this many-th nearest representative (a surface point's
-# 4 nearest neighbours surround it, so a gap in any direction shows), times this factor.
+# 4 nearest neighbours surround it, so a gap in any direction shows), times this factor. A
+# larger factor also links raw surfaces of separate objects (zero offsets would then find
+# the isolated synthetic objects); checked with experiments.oracle_grouping.
 SPACING_NEIGHBOUR = 4
-SPACING_FACTOR = 1.5
+SPACING_FACTOR = 1.0
 VOXEL_FACTOR = 1.5  # Pointcept: radius 1.5 voxels
 
 
@@ -71,8 +77,8 @@ def linking_radii(coord: np.ndarray, *, voxel_size: float, radius: float) -> np.
     radius: the smallest radius wanted, metres.
   Returns:
     f64 [M] max(radius, 1.5 voxel_size, SPACING_FACTOR x distance to the
-    SPACING_NEIGHBOUR-th nearest other point); groups of <= SPACING_NEIGHBOUR points use
-    their farthest point.
+    SPACING_NEIGHBOUR-th nearest other point), metres; groups of <= SPACING_NEIGHBOUR
+    points use their farthest point.
   """
   coord = np.asarray(coord, np.float64)
   floor = max(float(radius), VOXEL_FACTOR * float(voxel_size))

@@ -42,7 +42,9 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
   config.model.in_channels = 9 if indoor else 4
 
   config.heads = ml_collections.ConfigDict(dict(
-      proj_hidden=4096, proj_bottleneck=256, num_prototypes=4096, offset_hidden=256))
+      proj_hidden=4096, proj_bottleneck=256, num_prototypes=4096, offset_hidden=256,
+      # The offset head reads the last three encoder stages (paper Appendix A); 5 = all.
+      offset_stages=3))
 
   # Semantic branch: Sonata recipe + DOS's softmaps and Zipf prior (see semantic.py).
   config.semantic = ml_collections.ConfigDict(dict(
@@ -82,6 +84,9 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
       batch_size=16, epochs=800 if indoor else 50, total_steps=0,
       log_every=10, checkpoint_every=1000, keep_checkpoints=3, tensorboard=True,
       progress_bar=True, export_weights="teacher",
+      # Offset quality on validation scans (pointins/monitor.py): every this many steps,
+      # also before training and at the end; 0 = off. Labels are read for it only.
+      eval_every=0, num_eval_scenes=2,
       stop_after_steps=0))  # > 0: stop (as if killed) after this many steps of this run
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1))

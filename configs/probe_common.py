@@ -39,7 +39,9 @@ def probe_config(kind: str, variant: str) -> ml_collections.ConfigDict:
       lr=2e-3, weight_decay=0.05 if task == "insseg" else 0.02, warmup_ratio=0.05,
       clip_norm=3.0, encoder_lr_scale=0.1))
   config.grouping = ml_collections.ConfigDict(dict(
-      radius=0.03 if indoor else 0.075,  # Pointcept: 1.5 voxels of 2 cm / 5 cm
+      # Smallest linking radius (Pointcept: 1.5 voxels of 2 cm / 5 cm); sparse scans get
+      # more, following their sampling spacing (probe/grouping.py).
+      radius=0.03 if indoor else 0.075,
       k_neighbors=64, min_points=100 if indoor else 50))
   config.train = ml_collections.ConfigDict(dict(
       batch_size=8, total_steps=2000, log_every=20, checkpoint_every=500, keep_checkpoints=2,

@@ -41,6 +41,9 @@ def pretrain_base(study):
   config.train.log_every = max(1, int(study.pretrain_steps) // 4)
   config.train.progress_bar = bool(study.inner_progress_bars)
   config.train.tensorboard = False  # the study's record is result.json + report.md
+  # The offset-quality monitor (pointins/monitor.py): its final figures join every row.
+  config.train.eval_every = int(study.offset_eval_every)
+  config.train.num_eval_scenes = int(study.offset_eval_scenes)
   config.data.num_scenes = int(study.num_scenes)
   return config
 
@@ -84,7 +87,7 @@ def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
   initialised weights (for Table 13's random-init offsets), no training.
   """
   from pointins_jax import export as export_lib  # pylint: disable=import-outside-toplevel
-  pretrain_dir = os.path.join(workdir, "pretrain", f"{run.variant}__seed{run.seed}")
+  pretrain_dir = pretrain_dir_of(run, workdir)
   export_dir = os.path.join(pretrain_dir, "export")
   if os.path.isfile(os.path.join(export_dir, "config.json")):  # written last by the export
     return export_dir
@@ -104,8 +107,26 @@ def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
     from pointins_jax.pointins import train  # pylint: disable=import-outside-toplevel
     state = jax.jit(lambda rng: train.init_train_state(config, rng, total_steps=1))(
         jax.random.key(run.seed))
+    if config.train.eval_every > 0:  # the floor of the offset-quality figures
+      from pointins_jax import metric_writer  # pylint: disable=import-outside-toplevel
+      from pointins_jax.pointins import monitor  # pylint: disable=import-outside-toplevel
+      writer = metric_writer.MetricWriter(pretrain_dir, tensorboard=False)
+      writer.write(0, monitor.evaluate(config, state.teacher_params, log=logging.info))
+      writer.close()
     export_lib.export_encoder(export_dir, config, state)
   return export_dir
+
+
+def pretrain_dir_of(run: study_lib.Run, workdir: str) -> str:
+  """WORKDIR/pretrain/<variant>__seed<k>: the pretraining run a variant's runs share."""
+  return os.path.join(workdir, "pretrain", f"{run.variant}__seed{run.seed}")
+
+
+def offset_quality(run: study_lib.Run, workdir: str) -> dict:
+  """The last offset-quality figures of the run's pretraining ({} when none were logged)."""
+  from pointins_jax.pointins import monitor  # pylint: disable=import-outside-toplevel
+  final = monitor.final(pretrain_dir_of(run, workdir)) or {}
+  return {k: final[k] for k in study_lib.OFFSET_QUALITY if k in final}
 
 
 def make_runner(study, workdir: str):
@@ -118,13 +139,19 @@ def make_runner(study, workdir: str):
       result = unsupervised.run(ensure_export(run, pretrain, workdir), pretrain.data.dataset,
                                 out_dir=run_dir, num_scenes=int(study.unsup_scenes),
                                 batch_size=int(study.batch_size), log=logging.info)
-      return {m: result[m] for m in study_lib.UNSUP_METHODS}
+      metrics = {m: dict(result[m]) for m in study_lib.UNSUP_METHODS}
+      metrics["PointINS"].update(offset_quality(run, workdir))  # the offsets it grouped
+      return metrics
     from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
     config = probe.copy_and_resolve_references()
     config.seed = run.seed
     config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
     record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
-    return {k: float(record[k]) for k in study_lib.PROBE_METRICS[config.task]}
+    metrics = {k: float(record[k]) for k in study_lib.PROBE_METRICS[config.task]}
+    if not run.pretrained and pretrain.train.eval_every > 0:
+      ensure_export(run, pretrain, workdir)  # scores the random-init offsets (the floor)
+    metrics.update(offset_quality(run, workdir))
+    return metrics
 
   return runner, pretrain, probe
 

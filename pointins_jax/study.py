@@ -35,6 +35,12 @@ UNSUP_METHODS = ("PointINS", "HDBSCAN", "Felzenszwalb")
 UNSUP_METRICS = ("mAP", "AP50", "AP25")
 # Linear-probe metrics reported per task (fractions in [0, 1], from probe eval.json).
 PROBE_METRICS = {"insseg": ("mIoU", "mAP", "AP50", "AP25"), "panseg": ("PQ", "SQ", "RQ", "mIoU")}
+# Offset quality at the end of each variant's pretraining (`pointins.monitor.KEYS`, read
+# from its metrics.jsonl by the runner): distances in metres, the rest fractions.
+OFFSET_QUALITY = ("offset_dist_median", "offset_dist_mean", "offset_baseline_median",
+                  "offset_closer_fraction", "offset_unsup_AP25")
+OFFSET_QUALITY_HEADER = ("median |x+o-c| cm", "mean |x+o-c| cm", "zero offsets: median |x-c| cm",
+                         "moved closer %", "unsup AP25 %")
 # The instance metric each claim is judged on.
 PRIMARY_METRIC = {"insseg": "mAP", "panseg": "PQ"}
 # A magnitude prior fitted at run time (Table 5): {"kind": "fit", "source": labels|hdbscan}.
@@ -355,8 +361,14 @@ def _run_metrics(records: Mapping[str, dict], run_name: str, row: Row) -> Option
   return metrics[row.method] if row.kind == "unsup" else metrics
 
 
-def aggregate(plan: Plan, records: Mapping[str, dict]) -> dict:
-  """{table key: {row label: {metric: Stat}}} over the plan's seeds."""
+def aggregate(plan: Plan, records: Mapping[str, dict], metrics: Optional[Sequence[str]] = None
+              ) -> dict:
+  """{table key: {row label: {metric: Stat}}} over the plan's seeds.
+
+  Args:
+    metrics: the metrics to aggregate (default: each table's own); rows whose runs lack
+      one get an empty Stat (n/a).
+  """
   out = {}
   for table in plan.tables:
     rows = {}
@@ -366,7 +378,7 @@ def aggregate(plan: Plan, records: Mapping[str, dict]) -> dict:
                   for s in plan.seeds]
       per_seed = [m for m in per_seed if m is not None]
       rows[row.label] = {k: mean_std([float(m[k]) for m in per_seed if k in m])
-                         for k in table.metrics}
+                         for k in (table.metrics if metrics is None else metrics)}
     out[table.key] = rows
   return out
 
@@ -549,12 +561,16 @@ def plot_table(table: Table, rows: Mapping[str, Mapping[str, Stat]], path: str) 
   return path
 
 
-def _markdown_table(table: Table, rows: Mapping[str, Mapping[str, Stat]]) -> str:
-  lines = ["| " + " | ".join(["Row", *table.metrics, "seeds"]) + " |",
-           "|" + "---|" * (len(table.metrics) + 2)]
+def _markdown_table(table: Table, rows: Mapping[str, Mapping[str, Stat]],
+                    metrics: Optional[Sequence[str]] = None,
+                    header: Optional[Sequence[str]] = None) -> str:
+  """Rows x metrics (default: the table's) as Stat cells; `header` renames the columns."""
+  metrics = table.metrics if metrics is None else tuple(metrics)
+  lines = ["| " + " | ".join(["Row", *(header or metrics), "seeds"]) + " |",
+           "|" + "---|" * (len(metrics) + 2)]
   for label, cells in rows.items():
     n = max((s.n for s in cells.values()), default=0)
-    lines.append("| " + " | ".join([label, *(str(cells[m]) for m in table.metrics), str(n)])
+    lines.append("| " + " | ".join([label, *(str(cells[m]) for m in metrics), str(n)])
                  + " |")
   return "\n".join(lines)
 
@@ -571,6 +587,7 @@ def write_report(workdir: str, plan: Plan, records: Mapping[str, dict], base_pre
     wall_s: wall time of this invocation, seconds.
   """
   stats = aggregate(plan, records)
+  offsets = aggregate(plan, records, OFFSET_QUALITY)
   fig_dir = os.path.join(workdir, "figures")
   os.makedirs(fig_dir, exist_ok=True)
   run_wall = sum(r.get("wall_s", 0.0) for r in records.values())
@@ -597,6 +614,13 @@ def write_report(workdir: str, plan: Plan, records: Mapping[str, dict], base_pre
     png = plot_table(table, stats[table.key], os.path.join(fig_dir, f"{table.key}.png"))
     lines += [f"## {table.title}", "", _markdown_table(table, stats[table.key]), "",
               f"![{table.key}](figures/{os.path.basename(png)})", ""]
+    if any(s.n for cells in offsets[table.key].values() for s in cells.values()):
+      lines += ["Offset quality at the end of each row's pretraining (validation scans, "
+                "points inside ground-truth instances; x + o = predicted centroid, c = "
+                "instance centre; curves: WORKDIR/pretrain/<variant>__seed<k>/"
+                "offset_quality.png; n/a: no offsets, e.g. HDBSCAN):", "",
+                _markdown_table(table, offsets[table.key], OFFSET_QUALITY,
+                                OFFSET_QUALITY_HEADER), ""]
     variants = {r.label: r.variant for r in table.rows}
     lines += ["Runs: " + ", ".join(f"{k} = `{v}`" for k, v in variants.items()), ""]
   path = os.path.join(workdir, "report.md")

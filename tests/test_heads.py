@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from scipy import special
 
+from configs import pointins_indoor
 from pointins_jax.pointins import heads
+from pointins_jax.pointins import network
+from pointins_jax.pointins import train
 
 # Tiny sizes; production is C=1088 (up-cast features), hidden 4096, bottleneck 256, K 4096.
 C, HIDDEN, BOTTLENECK, K = 24, 32, 16, 40
@@ -75,3 +78,22 @@ def test_offset_head_shape_and_numpy_match():
   h = 0.5 * h * (1 + special.erf(h / np.sqrt(2)))
   np.testing.assert_allclose(out, h @ p["fc2"]["kernel"] + p["fc2"]["bias"], rtol=1e-4,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("stages, width", [(3, 64 + 64 + 64), (5, 16 + 32 + 64 + 64 + 64)])
+def test_offset_head_reads_the_last_encoder_stages(stages, width):
+  config = pointins_indoor.get_config("demo")  # tiny: enc_channels (16, 32, 64, 64, 64)
+  assert config.heads.offset_stages == 3  # the paper's "last three encoder stages"
+  config.heads.offset_stages = stages
+  params = jax.eval_shape(lambda: train.init_train_state(config, jax.random.key(0), 10).params)
+  hidden = config.heads.offset_hidden
+  assert params["offset_head"]["fc1"]["kernel"].shape == (width, hidden)
+  # The projection head keeps the whole up-cast output [C0 | ... | C4].
+  assert params["projection_head"]["fc1"]["kernel"].shape[0] == 240
+
+
+def test_offset_stages_need_the_upcast_levels():
+  config = pointins_indoor.get_config("demo")
+  config.model.upcast_levels = 1  # output [C3 | C4]: no third stage to read
+  with pytest.raises(ValueError, match="heads.offset_stages"):
+    network.offset_feature_width(config.model, config.heads)

@@ -1,4 +1,5 @@
-"""End to end: pretrain the tiny model 1 step -> linear insseg probe -> unsupervised instances.
+"""End to end: pretrain the tiny model 1 step (offset-quality monitor on) -> linear insseg probe
+-> unsupervised instances.
 
 One test (so xdist keeps the shared pretraining run in one worker): ~2.5 min pretraining
 compile on a 2-core CPU plus ~1.5 min per stage, less when the persistent XLA cache holds
@@ -16,6 +17,8 @@ from configs import probe_indoor
 from experiments import unsup_instances
 from pointins_jax import metric_writer
 from pointins_jax.pointins import loop as pretrain_loop
+from pointins_jax.pointins import monitor
+from pointins_jax.probe import oracle
 from pointins_jax.probe import loop as probe_loop
 
 
@@ -26,8 +29,17 @@ def _in_unit_interval(value):
 def _pretrain(workdir):
   config = pointins_indoor.get_config("demo")
   config.data.num_scenes = 2
-  config.train.update(total_steps=1, tensorboard=False, progress_bar=False)
+  config.train.update(total_steps=1, tensorboard=False, progress_bar=False, eval_every=1,
+                      num_eval_scenes=1)
   pretrain_loop.train_and_evaluate(config, str(workdir))
+  # The offset-quality monitor scored the weights before and after the step.
+  evals = monitor.history(str(workdir))
+  assert [m["step"] for m in evals] == [0, 1]
+  for m in evals:
+    assert set(monitor.KEYS) <= set(m) and m["offset_eval_scenes"] == 1
+    assert m["offset_baseline_median"] > 0.1  # metres: points lie away from their centres
+    assert 0.0 <= m["offset_closer_fraction"] <= 1.0 and m["offset_dist_mean"] > 0
+  assert os.path.getsize(workdir / monitor.PLOT_NAME) > 10_000
   return str(workdir / "export")
 
 
@@ -51,6 +63,12 @@ def _check_linear_insseg_probe(export_dir, tmp_path, capsys):
   assert saved["task"] == "insseg" and saved["step"] == 2 and saved["num_scenes"] == 1
   for key in ("mAP", "AP50", "AP25", "mIoU"):
     assert _in_unit_interval(saved[key]), (key, saved[key])
+  # Two steps train nothing; the same evaluation fed ground-truth semantics and half-length
+  # offsets must find the instances, or the scores above could never rise above 0.
+  oracle_result = probe_loop.evaluate(config, None, log=lambda _: None, predictions_fn=lambda s: {
+      "probs": oracle.oracle_probs(s, config.num_classes),
+      "offsets": oracle.oracle_offsets(s, scale=0.5)})
+  assert oracle_result["AP25"] > 0.5 and oracle_result["num_scenes"] == 1, oracle_result
   assert [os.path.basename(p) for p in saved["figures"]] == [
       "val_000_synthetic_indoor_1000000.png"]
   assert os.path.getsize(saved["figures"][0]) > 10_000
@@ -70,7 +88,7 @@ def _check_unsup_instances_cli(export_dir, out, capsys):
   assert all(f"| {name}" in text for name in ("PointINS", "HDBSCAN", "Felzenszwalb"))
   with open(out / "unsup_instances.json", encoding="utf-8") as f:
     result = json.load(f)
-  assert result["num_scenes"] == 1
+  assert result["num_scenes"] == 1 and result["settings"]["voxel_size"] == 0.02
   for name in ("PointINS", "HDBSCAN", "Felzenszwalb"):
     for key in ("mAP", "AP50", "AP25"):
       assert _in_unit_interval(result[name][key]), (name, key, result[name][key])

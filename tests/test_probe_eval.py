@@ -11,7 +11,6 @@ from configs import probe_indoor
 from pointins_jax.data import loader
 from pointins_jax.metrics import report
 from pointins_jax.model import configs as model_configs
-from pointins_jax.probe import grouping
 from pointins_jax.probe import inference
 from pointins_jax.probe import loop
 
@@ -48,18 +47,6 @@ def test_instance_targets_are_per_row_instance_centroids():
   np.testing.assert_allclose(out["instance_centroid"][0, :2], [[1, 0, 0]] * 2)
   np.testing.assert_allclose(out["instance_centroid"][1, :2], [[2, 2, 2]] * 2)  # row 1's own id 0
   assert not out["instance_centroid"][0, 3].any()  # padding has no target
-
-
-def test_offset_components_pad_without_changing_labels():
-  rng = np.random.default_rng(0)
-  centres = np.array([[0, 0, 0], [1, 0, 0]], np.float32)
-  coord = np.repeat(centres, 150, axis=0) + rng.normal(0, 0.3, (300, 3)).astype(np.float32)
-  offsets = np.repeat(centres, 150, axis=0) - coord  # perfect offsets: two points in space
-  labels = grouping.offset_components(coord, offsets, np.zeros(300, np.int32),
-                                      np.ones(300, bool), radius=0.03, k_neighbors=16)
-  assert labels.shape == (300,)
-  np.testing.assert_array_equal(labels, np.repeat([0, 150], 150))
-  assert [grouping.padded_size(n) for n in (1, 1024, 1025, 5000)] == [1024, 1024, 1280, 5120]
 
 
 def test_labelled_subset_is_seeded():

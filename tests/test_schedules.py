@@ -81,7 +81,7 @@ def test_offset_loss_weight_step_and_linear():
   lin = _values(lambda s: schedules.offset_loss_weight(s, TOTAL, ramp="linear"))
   assert lin[0] == 0.0 and lin[50] == pytest.approx(0.125) and lin[100:].min() == 0.25
   assert np.all(np.diff(lin) >= 0)
-  with pytest.raises(ValueError, match="weight_ramp"):
+  with pytest.raises(ValueError, match="ramp"):
     schedules.offset_loss_weight(0, TOTAL, ramp="cosine")
 
 

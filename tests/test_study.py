@@ -23,13 +23,17 @@ def _fake_runner(scores, calls=None):
     assert os.path.isdir(run_dir)
     if calls is not None:
       calls.append(run.name)
+    # Offset quality of the variant's pretraining (metres / fractions), as experiments.study.
+    offsets = dict(offset_dist_median=0.12 + 0.01 * run.seed, offset_dist_mean=0.2,
+                   offset_baseline_median=0.4, offset_closer_fraction=0.7,
+                   offset_unsup_AP25=0.3)
     if run.kind == "unsup":
       pointins = 0.3 if run.variant == study.POINTINS else 0.05
-      return {"PointINS": dict(mAP=pointins, AP50=pointins, AP25=pointins),
+      return {"PointINS": dict(mAP=pointins, AP50=pointins, AP25=pointins, **offsets),
               "HDBSCAN": dict(mAP=0.2, AP50=0.3, AP25=0.4),
               "Felzenszwalb": dict(mAP=0.1, AP50=0.2, AP25=0.3)}
     value = scores.get(run.variant, 0.2) + 0.01 * run.seed
-    return dict(mIoU=value, mAP=value, AP50=value + 0.1, AP25=value + 0.2)
+    return dict(mIoU=value, mAP=value, AP50=value + 0.1, AP25=value + 0.2, **offsets)
 
   return runner
 
@@ -126,6 +130,11 @@ def test_report(tmp_path):
   for needle in ("2 steps", "CPU count", "seeds**: [0, 1]", "Table 3", "Table 13",
                  "50.5 ± 0.7", "**agrees**", "figures/table3.png"):
     assert needle in text, needle
+  # Every table shows each row's final offset quality (median 12 / 13 cm over the seeds);
+  # rows without offsets (the baselines of Table 13) read n/a.
+  assert text.count("Offset quality at the end") == len(study.TABLES)
+  assert "| + ODR + SCR (PointINS) | 12.5 ± 0.7 | 20.0 ± 0.0 | 40.0 ± 0.0 | 70.0 ± 0.0 |" in text
+  assert "| HDBSCAN | n/a | n/a | n/a | n/a | n/a | 0 |" in text
   for table in study.TABLES:
     assert os.path.getsize(tmp_path / "figures" / f"{table}.png") > 1000
 

@@ -96,14 +96,6 @@ def test_normals_stay_unit_under_anisotropic_scale():
   np.testing.assert_allclose(np.sum(mapped * out.normal, axis=1), 0.0, atol=1e-12)
 
 
-def test_offsets_to_original_undoes_linear_part():
-  rng = np.random.default_rng(0)
-  linear = rng.standard_normal((3, 3)) + 3 * np.eye(3)
-  offset = rng.standard_normal((7, 3))
-  np.testing.assert_allclose(transforms.offsets_to_original(offset @ linear.T, linear), offset,
-                             atol=1e-12)
-
-
 def test_color_augmentation_stays_in_range_and_is_seeded():
   rng = np.random.default_rng(0)
   color = rng.uniform(0, 255, (300, 3)).astype(np.float32)

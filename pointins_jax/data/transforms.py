@@ -6,8 +6,9 @@ geometric augmentation updates a `ViewRecord`, so that the composition
   x_view = A @ x_orig + t + d
 
 (A: 3x3 rotation·flip·scale, t: translation from centre shifts and off-centre rotations,
-d: per-point displacement from jitter and elastic distortion) can be inverted exactly:
-PointINS maps predicted offsets back to the original frame.
+d: per-point displacement from jitter and elastic distortion) can be inverted exactly.
+PointINS maps predicted offsets back to the original frame with A alone; why d is left
+out is in `pointins_jax.pointins.offsets`.
 """
 from __future__ import annotations
 
@@ -121,15 +122,6 @@ def invert_view(coord_view: np.ndarray, record: ViewRecord) -> np.ndarray:
   """Original coordinates of view points: A^-1 (x_view - t - d), f64 [N, 3]."""
   shifted = coord_view.astype(np.float64) - record.translation - record.displacement
   return np.linalg.solve(record.linear, shifted.T).T
-
-
-def offsets_to_original(offset_view: np.ndarray, linear: np.ndarray) -> np.ndarray:
-  """Maps offset vectors [..., 3] from the view frame back to the original: A^-1 o.
-
-  The local Jacobian of elastic distortion is ignored (it is close to identity at the
-  Sonata magnitudes); only the affine part A is undone.
-  """
-  return np.einsum("ij,...j->...i", np.linalg.inv(linear), offset_view)
 
 
 class GeometricAugmenter:

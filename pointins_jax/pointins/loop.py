@@ -1,7 +1,9 @@
 """The pretraining loop: data -> sharded train step -> metrics -> checkpoints -> export.
 
 Read top to bottom: set up the mesh and data, create (or restore) the sharded state,
-then step, log and checkpoint until `total_steps`; finally export the encoder.
+then step, log and checkpoint until `total_steps`; finally export the encoder. With
+`train.eval_every` > 0 the offset quality (`monitor`) is scored on validation scans before
+training, every `eval_every` steps and at the end, and drawn to WORKDIR/offset_quality.png.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pointins_jax import metric_writer
 from pointins_jax import parallel
 from pointins_jax.data import loader as loader_lib
 from pointins_jax.model import configs as model_configs
+from pointins_jax.pointins import monitor
 from pointins_jax.pointins import train as train_lib
 
 
@@ -71,6 +74,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
              disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
   t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
+  eval_every = int(config.train.get("eval_every", 0))
+  offsets_fn = train_lib.make_offsets_fn(config) if eval_every > 0 and is_main else None
+
+  def monitor_offsets(step):
+    """Offset quality of the weights the export will hold, logged at `step`."""
+    weights = (state.params if config.train.get("export_weights", "teacher") == "student"
+               else state.teacher_params)
+    writer.write(step, monitor.evaluate(config, weights, offsets_fn,
+                                        log=bar.write if config.train.progress_bar else print))
+    monitor.plot(workdir)
+
+  if is_main and start == 0 and monitor.due(0, total_steps, eval_every):
+    monitor_offsets(0)
   for step in bar:
     if stop_after and step >= start + stop_after:
       ckpt.close()  # waits for pending periodic saves only, like a killed job
@@ -103,6 +119,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f"{float(last['loss']):.4f}")
     ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
               force=step + 1 == total_steps)
+    if is_main and monitor.due(step + 1, total_steps, eval_every):
+      monitor_offsets(step + 1)
   ckpt.wait()
   if is_main:
     export_lib.export_encoder(os.path.join(workdir, "export"), config, state)

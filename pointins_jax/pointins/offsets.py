@@ -2,9 +2,25 @@
 
 Offsets are predicted in each view's augmented frame. Before any regularisation or loss
 they are mapped back to the scene's original frame (paper Sec. 3.2), so that the two
-views, and the teacher and the student, are compared in one frame:
-`x_view = A x_orig + t` gives `o_orig = A^-1 o_view` for a displacement `o`. Elastic
-distortion is not affine; its local Jacobian is close to identity and is ignored here.
+views, and the teacher and the student, are compared in one frame.
+
+The frames, exactly. A view's points are `x_view = A x_orig + t + d` (`transforms.
+ViewRecord`): A, t the affine part (scale, rotations, flips, centre shifts), d a per-point
+displacement (jitter, elastic distortion). The offset branch's frame is the affine image
+`A x_orig + t` of the original frame: an offset o_view is the vector, rotated and scaled
+with the view, from a point to its instance centre in the *undistorted* scene, so
+`o_orig = A^-1 o_view` (`to_original_frame`) holds exactly, and every target is built in
+the original frame from each point's recorded original coordinate (`origin_coord`, SCR's
+coordinates). Teacher and student, and both views, then meet in one frame with no error
+(tests/test_offsets.py: < 1 mm through a real batch with elastic distortion on).
+
+Why d is left out of the mapping: d is known only at the points, not at the centre an
+offset points to, so an offset drawn in the distorted scene has no exact original-frame
+counterpart (mapping it with A^-1 is off by d(centre) - d(point): about 10 cm median with
+the indoor elastic settings). Treating d as an input perturbation, like colour jitter,
+keeps the mapping and the cross-view targets exact; the network is asked to be invariant
+to it, as the semantic branch is. `data.augment.elastic=()` removes that burden (and the
+augmentation) for both branches.
 """
 from __future__ import annotations
 
@@ -19,11 +35,14 @@ _EPS = 1e-8
 
 
 def to_original_frame(offsets, view_linear):
-  """Maps view-frame displacements back to the original frame.
+  """Maps offsets from the offset branch's view frame back to the original frame: A^-1 o.
+
+  Exact (module docstring): the offset frame is the view's affine image of the original
+  frame; jitter and elastic distortion are not part of it.
 
   Args:
     offsets: f32 [..., N, 3] displacements in the view frame (metres).
-    view_linear: f32 [..., 3, 3] linear part A of `x_view = A x_orig + t`.
+    view_linear: f32 [..., 3, 3] linear part A of `x_view = A x_orig + t + d`.
   Returns:
     f32 [..., N, 3] displacements in the original frame.
   """

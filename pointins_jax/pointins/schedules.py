@@ -38,8 +38,10 @@ def cosine_schedule(step, total, start, end):
 def linear_warmup(step, total, start, end, ratio):
   """Linear from `start` at step 0 to `end` at `ratio * total` steps, then `end`.
 
-  Used for Sonata's mask schedules (`data.mask_size_*`, `data.mask_ratio_*`: 0.1 -> 0.4 m
-  and 0.3 -> 0.7 over the first 5%). `ratio` 0 gives `end` from step 0.
+  Used by `teacher_temperature` and `offset_loss_weight(ramp='linear')`. (Sonata also ramps
+  its mask size 0.1 -> 0.4 m and ratio 0.3 -> 0.7 over the first 5%; PointINS Table 9 gives
+  one value each, so `data.mask_size` / `data.mask_ratio` are constants and no mask
+  schedule exists.) `ratio` 0 gives `end` from step 0.
   """
   warmup = _check_ratio(ratio, "warm-up ratio") * _check_total(total)
   if warmup == 0.0:
@@ -66,9 +68,10 @@ def warmup_cosine_lr(step, total, base_lr, warmup_ratio=0.05, div_factor=10.0,
 def weight_decay(step, total, start=0.04, end=0.2):
   """Sonata's cosine weight-decay schedule 0.04 -> 0.2 (spec §4.6).
 
-  Config `optim.weight_decay` (start) and `optim.weight_decay_end` (end; equal to the
-  start for Table 9's constant 0.04). Pass it to `optax.adamw(weight_decay=...)` as a
-  callable.
+  Not used by PointINS pretraining: Table 9 gives a constant weight decay 4e-2, which
+  `train.build_optimizer` passes to AdamW from `optim.weight_decay` (there is no end-value
+  field). Kept for Sonata-recipe experiments: pass it to `optax.adamw(weight_decay=...)`
+  as a callable.
   """
   return cosine_schedule(step, total, start, end)
 
@@ -89,11 +92,12 @@ def teacher_temperature(step, total, start=0.04, end=0.07, warmup_ratio=0.05):
 
 
 def offset_loss_weight(step, total, weight=0.25, warmup_ratio=0.1, ramp="step"):
-  """lambda_off, config `offset.weight`, `offset.warmup_ratio`, `offset.weight_ramp`.
+  """lambda_off from config `offset.weight` and `offset.warmup_ratio`.
 
   The paper (Sec. 4, Table 9/10) delays the offset loss "to join the training after few
-  warm-up epochs": `ramp='step'` gives 0 before `warmup_ratio * total` steps and `weight`
-  from then on; `ramp='linear'` rises linearly from 0 to `weight` over the same steps.
+  warm-up epochs": `ramp='step'` (what `train.compute_losses` uses; no config field picks
+  the ramp) gives 0 before `warmup_ratio * total` steps and `weight` from then on;
+  `ramp='linear'` rises linearly from 0 to `weight` over the same steps.
   """
   if ramp == "step":
     warmup = _check_ratio(warmup_ratio, "offset.warmup_ratio") * _check_total(total)
@@ -101,4 +105,4 @@ def offset_loss_weight(step, total, weight=0.25, warmup_ratio=0.1, ramp="step"):
     return jnp.where(started, jnp.float32(weight), jnp.float32(0.0))
   if ramp == "linear":
     return linear_warmup(step, total, 0.0, weight, warmup_ratio)
-  raise ValueError(f"offset.weight_ramp={ramp!r}: use 'step' or 'linear'.")
+  raise ValueError(f"offset_loss_weight: ramp={ramp!r}; use 'step' or 'linear'.")

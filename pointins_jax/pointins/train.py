@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from pointins_jax import compilation
 from pointins_jax.pointins import network as network_lib
 from pointins_jax.pointins import odr as odr_lib
 from pointins_jax.pointins import offsets as offsets_lib
@@ -45,12 +46,40 @@ def build_network(config) -> network_lib.PointINSNetwork:
   return network_lib.PointINSNetwork(config.model, config.heads)
 
 
+def make_offsets_fn(config):
+  """(params, batch of numpy/jax arrays) -> offsets f32 [B, P, 3]: the network in eval mode
+  (no drop path), jitted; reads coord/feat/grid/valid and, when the batch carries them, its
+  data-following `stage_capacities` / `stage_point_counts` (a `CapacityPlanner` keeps the
+  compiled shapes few)."""
+  net = build_network(config)
+
+  @functools.partial(jax.jit, static_argnames=("stage_capacities",))
+  def offsets(params, batch, stage_capacities=None):
+    out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
+                    batch["valid"], train=False, rngs={"order": jax.random.key(0)},
+                    stage_capacities=stage_capacities)
+    return out["offsets"]  # the projection head is dead code here, pruned by XLA
+
+  planner = compilation.CapacityPlanner()
+
+  def apply(params, batch):
+    batch = dict(batch)
+    capacities = planner.pop_and_choose(batch)
+    model_inputs = {k: batch[k] for k in ("coord", "feat", "grid", "valid")}
+    return offsets(params, model_inputs, stage_capacities=capacities)
+
+  return apply
+
+
 def learning_rate_schedule(config, total_steps: int):
   return lambda step: schedules.warmup_cosine_lr(
       step, total_steps, config.optim.lr, warmup_ratio=config.optim.warmup_ratio)
 
 
 def build_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """Global-norm clip (`optim.clip_norm`) + AdamW (`optim.lr` schedule, `optim.b1`,
+  `optim.b2`) with the constant weight decay `optim.weight_decay` of Table 9 (no schedule;
+  see `schedules.weight_decay` for Sonata's)."""
   return optax.chain(
       optax.clip_by_global_norm(config.optim.clip_norm),
       optax.adamw(learning_rate_schedule(config, total_steps), b1=config.optim.b1,

@@ -16,7 +16,7 @@ import functools
 import json
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -31,7 +31,9 @@ from pointins_jax import parallel
 from pointins_jax.data import loader as loader_lib
 from pointins_jax.data import views as views_lib
 from pointins_jax.data import visualize
+from pointins_jax.data.scene import Scene
 from pointins_jax.metrics import instance as instance_metrics
+from pointins_jax.metrics import offset_quality
 from pointins_jax.metrics import panoptic as panoptic_metrics
 from pointins_jax.metrics import protocol as protocol_lib
 from pointins_jax.metrics import report
@@ -101,10 +103,7 @@ def instance_targets(batch: dict) -> dict:
   has = batch["valid"] & (inst >= 0)
   centroid = np.zeros_like(coord)
   for b in range(coord.shape[0]):
-    ids, inverse, counts = np.unique(inst[b][has[b]], return_inverse=True, return_counts=True)
-    sums = np.zeros((len(ids), 3), np.float64)
-    np.add.at(sums, inverse, coord[b][has[b]])
-    centroid[b][has[b]] = (sums / counts[:, None])[inverse]
+    centroid[b] = offset_quality.instance_centres(coord[b], np.where(has[b], inst[b], -1))[0]
   return {"instance_centroid": centroid, "has_instance": has}
 
 
@@ -139,21 +138,34 @@ def make_predict_fn(config, params):
   return apply
 
 
+def model_predictions(config, params) -> Callable[[Scene], dict]:
+  """scene -> {"probs": f32 [N, C], "offsets": f32 [N, 3]} of the probe model, full scan."""
+  predict = make_predict_fn(config, params)
+  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  return lambda scene: inference.full_scan_predictions(
+      scene, config.data, predict, batch_size=config.train.batch_size,
+      stage_capacities_fn=capacities)
+
+
 def evaluate(config, params, *, figure_dir: Optional[str] = None, num_figures: int = 0,
-             log=print) -> dict:
+             log=print, predictions_fn: Optional[Callable[[Scene], dict]] = None) -> dict:
   """Scores `params` on the first `train.num_eval_scenes` full val scans.
 
   Semseg: mIoU / mAcc / allAcc; insseg: ScanNet AP / AP50 / AP25 of PointGroup proposals
   (plus mIoU); panseg: PQ / SQ / RQ and mIoU. Figures of the first `num_figures` scenes
   go to `figure_dir` as PNGs.
 
+  Args:
+    predictions_fn: scene -> {"probs" [N, C], "offsets" [N, 3]} replacing the model's
+      (`model_predictions(config, params)`), e.g. `probe.oracle` predictions that check the
+      grouping and metrics; `params` is then unused.
   Returns:
     the task's metric result dict (`pointins_jax.metrics`), plus "num_scenes" and
     "figures" (paths written).
   """
   protocol = protocol_of(config)
-  predict = make_predict_fn(config, params)
-  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  if predictions_fn is None:
+    predictions_fn = model_predictions(config, params)
   num_classes = protocol.num_classes
   confusion = np.zeros((num_classes, num_classes + 1), np.int64)
   evaluator = None
@@ -169,9 +181,7 @@ def evaluate(config, params, *, figure_dir: Optional[str] = None, num_figures: i
     if scene.segment is None or (evaluator is not None and scene.instance is None):
       raise ValueError(f"{scene.source} (scene {scene.name!r}): the {config.data.eval_split!r} "
                        f"split lacks the labels config.task={config.task!r} is scored on.")
-    out = inference.full_scan_predictions(scene, config.data, predict,
-                                          batch_size=config.train.batch_size,
-                                          stage_capacities_fn=capacities)
+    out = predictions_fn(scene)
     pred_segment = out["probs"].argmax(-1).astype(np.int32)
     confusion += semantic_metrics.confusion_matrix(scene.segment, pred_segment, num_classes)
     pred_instance = None
@@ -180,8 +190,8 @@ def evaluate(config, params, *, figure_dir: Optional[str] = None, num_figures: i
                 else protocol.thing_classes)
       proposals = grouping.pointgroup_proposals(
           scene.coord, out["offsets"], out["probs"], np.ones(scene.num_points, bool), things,
-          radius=config.grouping.radius, k_neighbors=config.grouping.k_neighbors,
-          min_points=config.grouping.min_points)
+          voxel_size=config.data.grid_size, radius=config.grouping.radius,
+          k_neighbors=config.grouping.k_neighbors, min_points=config.grouping.min_points)
       pred_instance = proposals.to_instance_ids()
       if config.task == "insseg":
         evaluator.add_scene(scene.segment, scene.instance, proposals.masks, proposals.classes,

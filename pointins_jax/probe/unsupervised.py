@@ -13,11 +13,9 @@ import functools
 import os
 from typing import Callable, Optional
 
-import jax
 import ml_collections
 import numpy as np
 
-from pointins_jax import compilation
 from pointins_jax import export as export_lib
 from pointins_jax.data import visualize
 from pointins_jax.data.scene import Scene
@@ -37,23 +35,8 @@ def load_pointins(export_dir: str):
   config, params = export_lib.load_export(export_dir)
   with config.unlocked():
     config.model = inference.export_model_config(config)
-  net = pointins_train.build_network(config)
-
-  @functools.partial(jax.jit, static_argnames=("stage_capacities",))
-  def offsets(params, batch, stage_capacities=None):
-    out = net.apply({"params": params}, batch["coord"], batch["feat"], batch["grid"],
-                    batch["valid"], train=False, rngs={"order": jax.random.key(0)},
-                    stage_capacities=stage_capacities)
-    return out["offsets"]  # the projection head is dead code here, pruned by XLA
-
-  planner = compilation.CapacityPlanner()
-
-  def apply(batch):
-    batch = dict(batch)
-    capacities = planner.pop_and_choose(batch)
-    return {"offsets": np.asarray(offsets(params, batch, stage_capacities=capacities))}
-
-  return config, apply
+  offsets = pointins_train.make_offsets_fn(config)
+  return config, lambda batch: {"offsets": np.asarray(offsets(params, batch))}
 
 
 def data_config_for(export_config, data: str, *, num_scenes: Optional[int], split: str,
@@ -80,12 +63,21 @@ def data_config_for(export_config, data: str, *, num_scenes: Optional[int], spli
   return config
 
 
-def pointins_instances(scene: Scene, offsets: np.ndarray, *, radius: float, k_neighbors: int
-                       ) -> np.ndarray:
-  """int32 [N] component ids of the radius graph over coord + offsets (-1: none)."""
+def pointins_instances(scene: Scene, offsets: np.ndarray, *, voxel_size: float,
+                       radius: Optional[float] = None, k_neighbors: int = 64) -> np.ndarray:
+  """int32 [N] class-agnostic components of coord + offsets (-1: none).
+
+  Args:
+    scene: the full scan (N points); offsets: float [N, 3] metres, the scan's frame.
+    voxel_size: grouping grid in metres (the pretraining grid size).
+    radius: smallest linking distance in metres (default 1.5 voxels); the radius used also
+      follows the scan's sampling spacing (`grouping`, module docstring).
+  """
   n = scene.num_points
+  radius = grouping.VOXEL_FACTOR * float(voxel_size) if radius is None else float(radius)
   return grouping.offset_components(scene.coord, offsets, np.zeros(n, np.int32),
-                                    np.ones(n, bool), radius=radius, k_neighbors=k_neighbors)
+                                    np.ones(n, bool), voxel_size=voxel_size, radius=radius,
+                                    k_neighbors=k_neighbors)
 
 
 def baseline_methods(min_size: int, felzenszwalb_k: int = 10, felzenszwalb_scale: float = 1.0
@@ -109,7 +101,8 @@ def run(export_dir: str, data: str, *, out_dir: str, num_scenes: Optional[int] =
     data: 'synthetic-indoor' / 'synthetic-outdoor' (val scenes generated in memory) or a
       Pointcept root (its `split` folder is read).
     num_scenes: scenes to score (None: the whole split; synthetic: the export's num_scenes).
-    radius: linking distance in metres of the shifted points (default 1.5 voxels).
+    radius: smallest linking distance in metres of the shifted points (default 1.5 voxels;
+      the radius used also follows the scan's sampling spacing, see `grouping`).
     k_neighbors: neighbours per point in the radius graph.
     min_size: smallest GT / predicted instance in points (and HDBSCAN / FH minimum size).
   Returns:
@@ -118,7 +111,8 @@ def run(export_dir: str, data: str, *, out_dir: str, num_scenes: Optional[int] =
   export_config, apply_fn = load_pointins(export_dir)
   data_config = data_config_for(export_config, data, num_scenes=num_scenes, split=split,
                                 dataset=dataset)
-  radius = 1.5 * float(data_config.grid_size) if radius is None else float(radius)
+  voxel_size = float(data_config.grid_size)
+  radius = grouping.VOXEL_FACTOR * voxel_size if radius is None else float(radius)
   capacities = functools.partial(model_configs.stage_capacities, export_config.model)
   methods = baseline_methods(min_size)
   evaluators = {m: unsup_metrics.UnsupervisedAPEvaluator(min_size) for m in METHODS}
@@ -131,8 +125,8 @@ def run(export_dir: str, data: str, *, out_dir: str, num_scenes: Optional[int] =
     offsets = inference.full_scan_predictions(scene, data_config, apply_fn,
                                               batch_size=batch_size,
                                               stage_capacities_fn=capacities)["offsets"]
-    predicted = {"PointINS": pointins_instances(scene, offsets, radius=radius,
-                                                k_neighbors=k_neighbors)}
+    predicted = {"PointINS": pointins_instances(scene, offsets, voxel_size=voxel_size,
+                                                radius=radius, k_neighbors=k_neighbors)}
     predicted.update({name: fn(scene) for name, fn in methods.items()})
     for name, ids in predicted.items():
       evaluators[name].add_scene(scene.instance, ids)
@@ -151,6 +145,7 @@ def run(export_dir: str, data: str, *, out_dir: str, num_scenes: Optional[int] =
   result = {name: {k: ev.result()[k] for k in ("mAP", "AP50", "AP25")}
             for name, ev in evaluators.items()}
   result.update(num_scenes=count, figure=figure,
-                settings=dict(export=export_dir, data=data, split=split, radius=radius,
+                settings=dict(export=export_dir, data=data, split=split, voxel_size=voxel_size,
+                              radius=radius,
                               k_neighbors=k_neighbors, min_size=min_size))
   return result

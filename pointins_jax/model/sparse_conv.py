@@ -6,8 +6,8 @@ lexicographically (exact 48-bit keys as two int32 halves) and a vectorised binar
 per (dx, dy) column of the kernel, once per stage, and shared by every conv of that stage.
 When several points share a cell (views are not re-voxelised after augmentation), the
 neighbour is the first of them in coordinate order, so the result does not depend on the
-input order. The convolution is then a gather and one
-einsum over [K^3, C_in, C_out] weights; outputs exist only at input sites (submanifold).
+input order. The convolution then accumulates, per kernel offset, one gathered neighbour
+row times a [C_in, C_out] weight; outputs exist only at input sites (submanifold).
 """
 from __future__ import annotations
 
@@ -113,16 +113,24 @@ def neighbor_table(grid, valid, coord, kernel_size: int):
 def sparse_conv(features, neighbors, kernel):
   """out[i] = sum_k features[neighbors[i, k]] @ kernel[k] (missing neighbours add 0).
 
-  A clamped gather and a select, which XLA fuses into the dot's operand; reverse mode is
-  autodiff (a scatter-add). Measured alternatives that were slower on the 2-core CPU
-  (docs/performance.md): reading an appended zero row (the concatenation is materialised)
-  and a custom VJP through the transposed table (a gather instead of the scatter-add).
+  A `lax.scan` over the K3 kernel offsets: each step gathers one neighbour row per point
+  [N, C_in] and accumulates its product with kernel[k], so the [N, K3, C_in] block of all
+  neighbours is never materialised. On the 2-core CPU this forward is 1.3-4x faster than
+  one gather + einsum over [N, K3, C_in] (fwd+bwd 1.05-1.4x) at C = 16..128, and compiles
+  to one small loop rather than K3 unrolled gathers (docs/performance.md).
 
   Args:
     features: [N, C_in]; neighbors: i32 [N, K3]; kernel: [K3, C_in, C_out].
   """
-  gathered = jnp.where((neighbors >= 0)[..., None], features[jnp.maximum(neighbors, 0)], 0.0)
-  return jnp.einsum("nkc,kcd->nd", gathered, kernel.astype(features.dtype))
+  kernel = kernel.astype(features.dtype)
+
+  def offset(acc, step):
+    index, weight = step
+    rows = jnp.where((index >= 0)[:, None], features[jnp.maximum(index, 0)], 0.0)
+    return acc + rows @ weight, None
+
+  init = jnp.zeros((features.shape[0], kernel.shape[-1]), features.dtype)
+  return jax.lax.scan(offset, init, (neighbors.T, kernel))[0]
 
 
 class SubMConv3d(nn.Module):

@@ -149,7 +149,9 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
 
   Returns:
     dict of numpy arrays, docs/architecture.md batch layout, plus `num_cropped` i32 [B]
-    (points removed by crops per scene) and `index` (full-scan ids, -1 on padding).
+    (points removed by crops per scene), `bad_scenes` i32 [B] (unreadable scenes skipped
+    before each row's, from the views' optional "bad_scenes") and `index` (full-scan ids,
+    -1 on padding).
   """
   if with_views and any(len(example) != 2 for example in examples):
     raise ValueError("collate: pretraining examples must hold exactly 2 (global) views.")
@@ -177,7 +179,8 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
         row[v] = view
       if view["coord"].shape[0] < min_view_points:
         raise ValueError(
-            f"batch row {b} view {v}: {view['coord'].shape[0]} points after crops, fewer than "
+            f"{view.get('source', f'batch row {b}')} view {v}: {view['coord'].shape[0]} "
+            "points after crops, fewer than "
             f"data config min_view_points={min_view_points}; raise buckets or the model's "
             "stage capacities, or check the scene.")
       grids.append(grid)
@@ -201,6 +204,9 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
   if not with_views:
     out = {key: value[:, 0] for key, value in out.items()}
   out["num_cropped"] = num_cropped
+  # Unreadable scenes the loader replaced before each row's scene (`loader.SkipBadScenes`).
+  out["bad_scenes"] = np.array([example[0].get("bad_scenes", 0) for example in examples],
+                               np.int32)
   if num_cropped.any():
     logging.getLogger(__name__).info("cropped %d points from %d scenes to fit capacity %d",
                                      int(num_cropped.sum()), int((num_cropped > 0).sum()),

@@ -23,6 +23,9 @@ def data_config(kind: str = "indoor") -> ml_collections.ConfigDict:
   c.num_scenes = 64  # synthetic in-memory source only
   c.synthetic_small = False  # small synthetic scenes (tests, CPU demos)
   c.label_fraction = 1.0  # probing: fraction of labelled training scenes (Table 7)
+  # A training scene the reader refuses: 'skip' (replace by the next, name it, count it in
+  # metrics.jsonl `bad_scenes`) or 'raise' (stop). Evaluation always raises.
+  c.bad_scenes = "skip"
 
   c.grid_size = 0.02 if indoor else 0.05  # metres
   # Point capacities of a padded view (sorted); a batch takes the smallest that fits.
@@ -92,6 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("batch_size", "must be positive.")
   if not 0.0 < config.label_fraction <= 1.0:
     fail("label_fraction", "must lie in (0, 1].")
+  if config.get("bad_scenes", "skip") not in ("skip", "raise"):
+    fail("bad_scenes", "must be 'skip' or 'raise'.")
   known = {"coord", "color", "normal", "strength"}
   if not config.feat_keys or set(config.feat_keys) - known:
     fail("feat_keys", f"must be a non-empty subset of {sorted(known)}.")

@@ -63,45 +63,45 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
                                       parallel.batch_sharded(mesh), parallel.replicated(mesh))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
-                                      tensorboard=config.train.tensorboard)
+                                      tensorboard=config.train.tensorboard, resume_step=start)
   last = {}
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="pretrain",
              disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
   t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+  dropped = loader_lib.DroppedData()  # crops and skipped scenes between log lines
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
-  for step in bar:
-    if stop_after and step >= start + stop_after:
-      ckpt.close()  # waits for pending periodic saves only, like a killed job
-      writer.close()
-      return last
-    host_batch = next(iterator)
-    num_cropped = int(np.sum(host_batch.pop("num_cropped", 0)))
-    batch = parallel.put_batch(
-        {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
-    steps_since_log += 1
-    points_since_log += int(np.sum(host_batch["valid"]))
-    if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
-      last = _host_metrics(metrics)
-      if bool(last.pop("stage_overflow")):
-        model_configs.raise_overflow(config.model)
-      # Fetching the metrics waited for the device, so wall time / steps is step time.
-      elapsed = time.perf_counter() - t_log
-      last.update(step_time=elapsed / steps_since_log,
-                  points_per_second=points_since_log / max(elapsed, 1e-9),
-                  num_cropped=num_cropped)
-      t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
-      record = writer.write(step + 1, last)
-      if is_main:
-        print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic", "semantic_kl",
-                                                 "loss_offset", "skipped") if k in record}),
-              flush=True)
-        bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-    ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
-              force=step + 1 == total_steps)
-  ckpt.wait()
-  if is_main:
-    export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
-  ckpt.close()
-  writer.close()
+  # Leaving by any path waits for the save in flight; SIGTERM saves and raises Preempted.
+  with ckpt, writer, checkpointing.StopSignal() as stop:
+    for step in bar:
+      if stop_after and step >= start + stop_after:
+        return last  # leaving `ckpt` waits for pending periodic saves only, like a killed job
+      host_batch = next(iterator)
+      dropped.add(host_batch)
+      batch = parallel.put_batch(
+          {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
+      steps_since_log += 1
+      points_since_log += int(np.sum(host_batch["valid"]))
+      if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
+        last = _host_metrics(metrics)
+        if bool(last.pop("stage_overflow")):
+          model_configs.raise_overflow(config.model)
+        # Fetching the metrics waited for the device, so wall time / steps is step time.
+        elapsed = time.perf_counter() - t_log
+        last.update(step_time=elapsed / steps_since_log,
+                    points_per_second=points_since_log / max(elapsed, 1e-9), **dropped.pop())
+        t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+        record = writer.write(step + 1, last)
+        if is_main:
+          print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
+                                                   "semantic_kl", "loss_offset", "skipped")
+                            if k in record}), flush=True)
+          bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+      ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
+                force=step + 1 == total_steps or stop.requested)
+      if stop.requested:
+        raise checkpointing.Preempted(step + 1, ckpt.directory)
+    ckpt.wait()
+    if is_main:
+      export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
   return last

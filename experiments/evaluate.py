@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.metrics import instance, panoptic, report, semantic, unsupervised
 from pointins_jax.metrics.protocol import Protocol, protocol_for  # noqa: F401  (re-exported)
 
@@ -148,4 +150,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main, name="evaluate"))

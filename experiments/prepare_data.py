@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tqdm
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.data import (labels, nuscenes, pointcept_io, scannet, semantickitti,
                                synthetic_indoor, synthetic_outdoor)
 from pointins_jax.data.pointcept_io import LoadedScene, SourceScene
@@ -131,26 +132,27 @@ def parse_args(argv: Optional[Sequence[str]]):
   return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
-  try:
-    if args.dataset in RAW_READERS:
-      scenes = RAW_READERS[args.dataset](args.raw)
-    else:
-      scenes = synthetic_scenes(args)
-    info = labels.dataset_info(args.dataset)
-    summary = Summary(info.num_classes, getattr(args, "seed", 0))
-    for source in tqdm.tqdm(scenes, desc=args.dataset, unit="scene"):
-      loaded = source.load()
-      loaded.scene.validate(num_classes=info.num_classes)
-      pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
-                               loaded.extra_segments)
-      summary.add(source.split, loaded)
-  except (SceneError, OSError) as error:
-    print(f"prepare_data: error: {error}", file=sys.stderr)
-    return 1
+  if args.dataset in RAW_READERS:
+    scenes = RAW_READERS[args.dataset](args.raw)
+  else:
+    scenes = synthetic_scenes(args)
+  info = labels.dataset_info(args.dataset)
+  summary = Summary(info.num_classes, getattr(args, "seed", 0))
+  for source in tqdm.tqdm(scenes, desc=args.dataset, unit="scene"):
+    loaded = source.load()
+    loaded.scene.validate(num_classes=info.num_classes)
+    pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
+                             loaded.extra_segments)
+    summary.add(source.split, loaded)
   print(summary.table())
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the command; errors are one line on stderr and status 1 (`pointins_jax.cli`)."""
+  return cli.run(_main, argv, name="prepare_data")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.pointins import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (file.py:variant).",
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, name="pretrain")

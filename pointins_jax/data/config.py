@@ -75,8 +75,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(field, why):
     raise ValueError(f"data config: {field}={config.get(field)!r} {why}")
   buckets = tuple(config.buckets)
-  if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
-    fail("buckets", "must be a non-empty, strictly increasing tuple of positive capacities.")
+  # A command-line string (--config.data.buckets=abc) arrives as a tuple of characters.
+  if (not buckets or not all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)
+      or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets))):
+    fail("buckets", "must be a non-empty, strictly increasing tuple of positive integer "
+         "capacities, e.g. --config.data.buckets='(8192, 16384)'.")
   if not 0.0 <= config.mask_ratio < 1.0:
     fail("mask_ratio", "must lie in [0, 1).")
   if config.mask_size <= 0:

@@ -13,7 +13,8 @@ the same order:
 * insseg: `masks` bool [M, N], `classes` int32 [M], `scores` float32 [M]; or instead of
   `masks`, `instance` int32 [N] (-1 = none) with `classes` / `scores` given per distinct id
   in ascending order.
-* panseg: `segment` int32 [N] and `instance` int32 [N] (-1 = none; ignored on stuff classes).
+* panseg: `segment` int32 [N] and `instance` int32 [N] (-1 = none). As in the official
+  evaluators every (class, id) pair is a segment, stuff included: give stuff points -1.
 * unsupervised (class-agnostic, PointINS Table 13): `instance` int32 [N], optional `scores`
   float32 [M] per instance with >= 100 points in ascending id order (default: size).
 

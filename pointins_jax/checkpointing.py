@@ -27,6 +27,7 @@ import threading
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # errno values (and their strerror texts, which tensorstore puts in plain ValueErrors) of a
@@ -138,6 +139,17 @@ class Checkpointer:
       self._pending_step = int(step)
     return saved
 
+  def save_or_stop(self, step: int, state, iterator, total_steps: int,
+                   stop: "StopSignal") -> None:
+    """A training loop's save after `step` steps: every `save_every`, at `total_steps`,
+    and on SIGTERM (`stop`), after which it raises `Preempted` (leaving the `with ckpt`
+    block then waits for that save)."""
+    stopping = stop.should_stop()
+    self.save(step, state, iterator.get_state(), meta={"total_steps": total_steps},
+              force=step == total_steps or stopping)
+    if stopping:
+      raise Preempted(step, self.directory)
+
   def _raise_storage_error(self, error: BaseException, step: int) -> None:
     reason = storage_error(error)
     if reason is None:
@@ -239,6 +251,14 @@ class StopSignal:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def should_stop(self) -> bool:
+    """Whether any process got SIGTERM: with several processes every one must stop (and
+    save) at the same step, so the flags are gathered (a tiny collective per call)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
 
   def __enter__(self) -> "StopSignal":
     if threading.current_thread() is threading.main_thread():

@@ -97,10 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                    "semantic_kl", "loss_offset", "skipped")
                             if k in record}), flush=True)
           bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-      ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
-                force=step + 1 == total_steps or stop.requested)
-      if stop.requested:
-        raise checkpointing.Preempted(step + 1, ckpt.directory)
+      ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
     ckpt.wait()
     if is_main:
       export_lib.export_encoder(os.path.join(workdir, "export"), config, state)

@@ -299,10 +299,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                  "loss_offset", "accuracy", "skipped")
                           if k in record}))
           bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-      ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
-                force=step + 1 == total_steps or stop.requested)
-      if stop.requested:
-        raise checkpointing.Preempted(step + 1, ckpt.directory)
+      ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
       if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < total_steps and is_main:
         result = evaluate(config, state.params, log=log)
         writer.write(step + 1, _summary(config, result))

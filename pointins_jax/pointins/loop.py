@@ -99,6 +99,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
           bar.set_postfix(loss=f"{float(last['loss']):.4f}")
       ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
     ckpt.wait()
-    if is_main:
-      export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
+    # Every process: orbax's save is collective (process 0 alone would wait for the rest).
+    export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
   return last

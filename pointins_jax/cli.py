@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging as logging_lib
 import os
 import shutil
 import sys
@@ -146,12 +147,23 @@ def _reported_errors() -> tuple[type, ...]:
                               KeyboardInterrupt)
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """Drops the hundreds of "Event loop is closed" tracebacks orbax's aborted asynchronous
+  writes leave after a failed save (e.g. a full disk); other ones print as usual."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
         name: str) -> int:
   """Calls `main(argv without --debug)`; returns its status, or 1 / 130 / 143 after
   printing the one-line error (module docstring). With --debug the error propagates."""
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = debug_requested(argv)
+  if not debug:
+    sys.unraisablehook = _quiet_unraisable
   try:
     status = main(_strip_debug(argv))
   except _reported_errors() as error:  # pylint: disable=catching-non-exception
@@ -174,8 +186,15 @@ def config_flag_error(argv: Sequence[str], error: BaseException) -> str:
   return f"bad command-line flag: {text}. Pass --helpfull to see the flags."
 
 
-def _drop_traceback(record) -> bool:
+def _quiet_record(record) -> bool:
+  """absl handler filter without --debug: log lines keep no traceback, and the error lines
+  of a failed orbax save (its threads, then asyncio's "exception was never retrieved" for
+  each aborted write) are dropped: `checkpointing` turns that failure into the one line."""
   record.exc_info, record.exc_text = None, None
+  if record.levelno >= logging_lib.ERROR and (
+      f"{os.sep}orbax{os.sep}" in record.pathname or
+      (record.name == "asyncio" and "never retrieved" in record.getMessage())):
+    return False
   return True
 
 
@@ -201,7 +220,7 @@ def run_absl(main: Callable[[list[str]], Optional[int]], *, name: str) -> None:
     if not debug:
       # orbax logs a failed background save with its traceback; the one line says it all.
       from absl import logging  # pylint: disable=import-outside-toplevel
-      logging.get_absl_handler().addFilter(_drop_traceback)
+      logging.get_absl_handler().addFilter(_quiet_record)
     status = run(main, list(args[1:]) + ([DEBUG_FLAG] if debug else []), name=name)
     sys.exit(status)
 

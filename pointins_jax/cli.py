@@ -128,8 +128,8 @@ def _report(name: str, error: BaseException, product: tuple[type, ...]) -> int:
   """Prints the one line for `error`; returns the exit status."""
   from pointins_jax import checkpointing  # pylint: disable=import-outside-toplevel
   if isinstance(error, KeyboardInterrupt):
-    print(f"{name}: interrupted (Ctrl-C); pending checkpoint saves were completed.",
-          file=sys.stderr, flush=True)
+    # The training loops waited for their checkpoint in flight before this point.
+    print(f"{name}: interrupted (Ctrl-C).", file=sys.stderr, flush=True)
     return 130
   if isinstance(error, checkpointing.Preempted):
     print(f"{name}: {error}", file=sys.stderr, flush=True)
@@ -159,7 +159,10 @@ def _quiet_unraisable(unraisable) -> None:
 def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
         name: str) -> int:
   """Calls `main(argv without --debug)`; returns its status, or 1 / 130 / 143 after
-  printing the one-line error (module docstring). With --debug the error propagates."""
+  printing the one-line error (module docstring). With --debug the error propagates.
+
+  Without --debug it also installs, for the rest of the process, a `sys.unraisablehook`
+  that drops orbax's "Event loop is closed" noise after a failed save."""
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = debug_requested(argv)
   if not debug:

@@ -13,7 +13,8 @@ the same order:
 * insseg: `masks` bool [M, N], `classes` int32 [M], `scores` float32 [M]; or instead of
   `masks`, `instance` int32 [N] (-1 = none) with `classes` / `scores` given per distinct id
   in ascending order.
-* panseg: `segment` int32 [N] and `instance` int32 [N] (-1 = none; ignored on stuff classes).
+* panseg: `segment` int32 [N] and `instance` int32 [N] (-1 = none). As in the official
+  evaluators every (class, id) pair is a segment, stuff included: give stuff points -1.
 * unsupervised (class-agnostic, PointINS Table 13): `instance` int32 [N], optional `scores`
   float32 [M] per instance with >= 100 points in ascending id order (default: size).
 
@@ -28,10 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.metrics import instance, panoptic, report, semantic, unsupervised
 from pointins_jax.metrics.protocol import Protocol, protocol_for  # noqa: F401  (re-exported)
 
@@ -148,4 +151,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main, name="evaluate"))

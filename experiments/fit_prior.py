@@ -16,6 +16,7 @@ import importlib.util
 import os
 import sys
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.pointins import priors
 
 
@@ -86,4 +87,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main, name="fit_prior"))

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tqdm
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
+from pointins_jax.data import config as data_config
 from pointins_jax.data import (labels, nuscenes, pointcept_io, scannet, semantickitti,
                                synthetic_indoor, synthetic_outdoor)
 from pointins_jax.data.pointcept_io import LoadedScene, SourceScene
@@ -104,11 +106,26 @@ class Summary:
       lines.append(f"{split:<6} {row['scenes']:>7} {row['points']:>12} "
                    f"{len(row['classes']):>4}/{self.num_classes:<3} {row['instances']:>10} "
                    f"{row['dropped']:>8}")
+    if any(row["dropped"] for row in self.rows.values()):
+      lines.append("dropped: points removed for non-finite (NaN/inf) coordinates")
     stats = self.offset_statistics()
     if stats:
       lines.append("instance offset |centroid - point| (m): " +
                    "  ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     return "\n".join(lines)
+
+
+def scene_notes(loaded: LoadedScene, min_points: int) -> list[str]:
+  """One line per thing a user should know about a converted scene: points dropped (and
+  why), labels lost, a scan too small to pretrain on."""
+  scene, notes = loaded.scene, list(loaded.warnings)
+  if loaded.dropped:
+    notes.append(f"{scene.source}: dropped {loaded.dropped} points (non-finite coordinates).")
+  if scene.num_points < min_points:
+    notes.append(f"{scene.source}: only {scene.num_points} points, fewer than "
+                 f"data.min_view_points={min_points}; pretraining will skip this scene "
+                 "(data.bad_scenes).")
+  return notes
 
 
 def parse_args(argv: Optional[Sequence[str]]):
@@ -131,26 +148,30 @@ def parse_args(argv: Optional[Sequence[str]]):
   return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
-  try:
-    if args.dataset in RAW_READERS:
-      scenes = RAW_READERS[args.dataset](args.raw)
-    else:
-      scenes = synthetic_scenes(args)
-    info = labels.dataset_info(args.dataset)
-    summary = Summary(info.num_classes, getattr(args, "seed", 0))
-    for source in tqdm.tqdm(scenes, desc=args.dataset, unit="scene"):
-      loaded = source.load()
-      loaded.scene.validate(num_classes=info.num_classes)
-      pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
-                               loaded.extra_segments)
-      summary.add(source.split, loaded)
-  except (SceneError, OSError) as error:
-    print(f"prepare_data: error: {error}", file=sys.stderr)
-    return 1
+  if args.dataset in RAW_READERS:
+    scenes = RAW_READERS[args.dataset](args.raw)
+  else:
+    scenes = synthetic_scenes(args)
+  info = labels.dataset_info(args.dataset)
+  summary = Summary(info.num_classes, getattr(args, "seed", 0))
+  min_points = data_config.data_config().min_view_points
+  for source in tqdm.tqdm(scenes, desc=args.dataset, unit="scene"):
+    loaded = source.load()
+    loaded.scene.validate(num_classes=info.num_classes)
+    for note in scene_notes(loaded, min_points):
+      tqdm.tqdm.write(f"prepare_data: warning: {note}", file=sys.stderr)
+    pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
+                             loaded.extra_segments)
+    summary.add(source.split, loaded)
   print(summary.table())
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the command; errors are one line on stderr and status 1 (`pointins_jax.cli`)."""
+  return cli.run(_main, argv, name="prepare_data")
 
 
 if __name__ == "__main__":

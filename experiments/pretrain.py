@@ -6,11 +6,11 @@
 
 Re-running with the same --workdir resumes from its latest checkpoint.
 """
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.pointins import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (file.py:variant).",
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, name="pretrain")

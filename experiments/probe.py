@@ -9,10 +9,10 @@ Without --config.pretrained the backbone starts from random weights (the baselin
 Re-running with the same --workdir resumes from its latest checkpoint. Writes
 metrics.jsonl, checkpoints/, eval.json (full-scan validation), figures/*.png.
 """
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.probe import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (file.py:variant).",
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, name="probe")

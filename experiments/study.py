@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from experiments.fit_prior import load_config
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax import study as study_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (file.py:variant).",
@@ -191,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, name="study")

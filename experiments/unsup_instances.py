@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
+from pointins_jax import cli  # first: before jax is imported (cli docstring)
 from pointins_jax.metrics import report
 from pointins_jax.metrics import unsupervised as unsup_metrics
 from pointins_jax.probe import unsupervised
@@ -54,4 +56,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main, name="unsup_instances"))

@@ -16,7 +16,11 @@ import orbax.checkpoint as ocp
 
 
 def export_encoder(directory: str, config, state) -> str:
-  """Writes the encoder (+ heads) of `state` (teacher or student per config) to `directory`."""
+  """Writes the encoder (+ heads) of `state` (teacher or student per config) to `directory`.
+
+  Call it on every process of a multi-host run (the orbax save is collective); process 0
+  writes the files.
+  """
   which = config.train.get("export_weights", "teacher")
   params = state.teacher_params if which == "teacher" else state.params
   params = jax.device_get(params)
@@ -25,8 +29,9 @@ def export_encoder(directory: str, config, state) -> str:
   path = os.path.abspath(os.path.join(directory, "params"))
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, tree, force=True)
-  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
   return directory
 
 

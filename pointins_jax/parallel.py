@@ -7,6 +7,7 @@ itself, so no shard_map (and none of its psum pitfalls) is needed.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -53,9 +54,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, field: str = "config.train.batch_size"):
   devices = mesh.devices.size
+  if batch_size <= 0:
+    raise ValueError(f"{field}={batch_size} must be positive (a multiple of the {devices} "
+                     "devices of the mesh).")
   if batch_size % devices:
     raise ValueError(f"{field}={batch_size} is not divisible by the {devices} devices of the "
                      f"mesh; set it to a multiple of {devices}.")
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file there, so an unusable folder fails at the
+  start, not at the first checkpoint. Raises OSError naming the folder and the fix."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check"):
+      pass
+  except OSError as error:
+    raise OSError(error.errno, f"cannot write the run folder ({error.strerror}); pass a "
+                  "writable --workdir", workdir) from error
 
 
 def start_run(config, workdir: str) -> tuple[Mesh, bool]:
@@ -69,7 +85,7 @@ def start_run(config, workdir: str) -> tuple[Mesh, bool]:
   mesh = make_mesh()
   check_batch_divisible(config.train.batch_size, mesh)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))

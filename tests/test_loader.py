@@ -153,3 +153,42 @@ def test_folder_source_reads_written_scenes(tmp_path):
   assert set(np.unique(batch["segment"][batch["valid"]])) <= set(np.unique(written))
   with pytest.raises(FileNotFoundError, match="val"):
     loader.num_scenes(c, split="val")
+
+
+def _bad_scene_root(tmp_path):
+  """train/: s0 fine, s1 NaN coordinate, s2 too few points, s3 fine."""
+  pointcept_io = pytest.importorskip("pointins_jax.data.pointcept_io")
+  for seed in range(4):
+    pointcept_io.write_scene(make_scene(3000, seed), os.path.join(tmp_path, "train", f"s{seed}"))
+  coord = np.load(tmp_path / "train" / "s1" / "coord.npy")
+  coord[5, 1] = np.nan
+  np.save(tmp_path / "train" / "s1" / "coord.npy", coord)
+  pointcept_io.write_scene(make_scene(3000, 2).subset(np.arange(10)), str(tmp_path / "train" / "s2"))
+  return _config(root=str(tmp_path), dataset="", batch_size=2, shuffle=False)
+
+
+def test_bad_scenes_are_skipped_named_and_counted(tmp_path, caplog):
+  c = _bad_scene_root(tmp_path)
+  with caplog.at_level("WARNING"):
+    batches = _take(loader.make_pretrain_iterator(c, seed=0), 4)  # two epochs
+  # s1 and s2 are replaced by s3 (the next readable scene): 2 + 1 skips per epoch.
+  assert [int(b["bad_scenes"].sum()) for b in batches] == [2, 1, 2, 1]
+  warnings = [r.getMessage() for r in caplog.records if "bad scene skipped" in r.getMessage()]
+  assert len(warnings) == 2  # each bad scene named once, not once per epoch
+  assert any("s1/coord.npy" in w and "NaN" in w for w in warnings)
+  assert any("s2" in w and "min_view_points=64" in w for w in warnings)
+  dropped = loader.DroppedData()
+  for batch in batches:
+    dropped.add(batch)
+    assert "bad_scenes" not in batch and "num_cropped" not in batch
+  assert dropped.pop() == {"num_cropped": 0, "bad_scenes": 6}
+  assert dropped.pop() == {"num_cropped": 0, "bad_scenes": 0}
+
+
+def test_bad_scenes_raise_policy_names_the_file(tmp_path):
+  c = _bad_scene_root(tmp_path)
+  c.bad_scenes = "raise"
+  with pytest.raises(Exception, match="s1/coord.npy"):
+    _take(loader.make_pretrain_iterator(c, seed=0), 1)
+  with pytest.raises(ValueError, match="bad_scenes"):
+    loader.make_pretrain_iterator(_config(bad_scenes="ignore"), seed=0)

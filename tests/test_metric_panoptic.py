@@ -103,14 +103,10 @@ class _ReferencePanopticEval:
     self.addBatchPanoptic(x_sem, x_inst, y_sem, y_inst)
 
 
-def _to_ours(sem, inst, is_thing, rng):
-  """Official encoding (class 0 = unlabeled, stuff instance 0) -> ours (-1 unlabelled,
-  instance -1 = none). Stuff points get random instance ids: they must be ignored."""
-  segment = sem - 1
-  instance = inst - 1
-  stuff = (segment >= 0) & ~is_thing[np.maximum(segment, 0)]
-  instance[stuff] = rng.integers(0, 5, stuff.sum())
-  return segment, instance
+def _to_ours(sem, inst):
+  """Official encoding (class 0 = unlabeled, instance 0 = none) -> ours (-1 unlabelled,
+  instance -1 = none), id for id: stuff ids are kept, the official code counts them."""
+  return sem - 1, inst - 1
 
 
 def test_official_worked_example():
@@ -132,10 +128,8 @@ def test_official_worked_example():
   add(3, 95, 3, 11, 100)                         # pred 95 = gt 11
   sem_pred, inst_pred, sem_gt, inst_gt = map(np.array, (sem_pred, inst_pred, sem_gt, inst_gt))
   # Ours: classes grass(0), sky(1) stuff; person(2), dog(3) things.
-  is_thing = np.array([False, False, True, True])
-  rng = np.random.default_rng(0)
-  gt_segment, gt_instance = _to_ours(sem_gt, inst_gt, is_thing, rng)
-  pred_segment, pred_instance = _to_ours(sem_pred, inst_pred, is_thing, rng)
+  gt_segment, gt_instance = _to_ours(sem_gt, inst_gt)
+  pred_segment, pred_instance = _to_ours(sem_pred, inst_pred)
   result = panoptic.panoptic_quality(gt_segment, gt_instance, pred_segment, pred_instance,
                                      num_classes=4, thing_classes=[2, 3], min_points=1,
                                      class_names=["grass", "sky", "person", "dog"])
@@ -170,11 +164,14 @@ def test_matches_official_script_on_random_scans(seed):
     # Predictions: GT with a fraction of points relabelled and re-instanced at random.
     noisy = rng.random(n) < rng.uniform(0.05, 0.5)
     sem_pred = np.where(noisy, rng.integers(0, num_classes + 1, n), sem_gt)
+    # Noisy points keep random ids whatever their class: stuff predicted with thing ids.
     inst_pred = np.where(noisy, rng.integers(0, 4, n), inst_gt + (np.arange(n) % 7 == 0))
-    inst_pred = np.where(is_thing[np.maximum(sem_pred - 1, 0)] & (sem_pred > 0), inst_pred, 0)
+    if seed % 2:  # and GT stuff with several ids (official files store 0; others may not)
+      stuff_gt = (sem_gt > 0) & ~is_thing[np.maximum(sem_gt - 1, 0)]
+      inst_gt = np.where(stuff_gt, np.arange(n) // 97 % 3, inst_gt)
     ref.addBatch(sem_pred, inst_pred, sem_gt, inst_gt)
-    gt_segment, gt_instance = _to_ours(sem_gt, inst_gt, is_thing, rng)
-    pred_segment, pred_instance = _to_ours(sem_pred, inst_pred, is_thing, rng)
+    gt_segment, gt_instance = _to_ours(sem_gt, inst_gt)
+    pred_segment, pred_instance = _to_ours(sem_pred, inst_pred)
     ours.add_scene(gt_segment, gt_instance, pred_segment, pred_instance)
   pq, sq, rq, pq_all, sq_all, rq_all = ref.getPQ()
   miou, iou_all = ref.getSemIoU()
@@ -185,6 +182,34 @@ def test_matches_official_script_on_random_scans(seed):
   expected = np.stack([pq_all, sq_all, rq_all, iou_all], axis=1)[1:]
   np.testing.assert_allclose(per_class, expected, atol=1e-12)
   assert 0 < got["PQ"] < 1  # a non-trivial case
+
+
+def test_stuff_with_several_ids_counts_as_the_official_evaluator():
+  # One stuff class (building, 120 points) and nothing else; min_points 1.
+  # GT ids: A = points 0..59, B = 60..119. Predicted ids: 1 = 0..49, 2 = 50..89, 3 = 90..119.
+  # Official segments are (class, id) pairs, stuff too: IoU(A, 1) = 50/60 > 0.5 is the only
+  # match (IoU(B, 2) = 30/70, IoU(B, 3) = 30/60 = 0.5 is not > 0.5); B is a false negative,
+  # 2 and 3 false positives. SQ = 5/6, RQ = 1 / (1 + 2/2 + 1/2) = 0.4, PQ = 1/3.
+  segment = np.zeros(120, int)
+  gt_instance = np.repeat([0, 1], 60)
+  pred_instance = np.repeat([0, 1, 2], [50, 40, 30])
+  official = panoptic.panoptic_quality(segment, gt_instance, segment, pred_instance,
+                                       num_classes=1, thing_classes=[], min_points=1)
+  assert official["SQ"] == pytest.approx(5 / 6)
+  assert official["RQ"] == pytest.approx(0.4)
+  assert official["PQ"] == official["PQ_stuff"] == pytest.approx(1 / 3)
+  assert official["mIoU"] == 1.0  # the semantics are perfect
+  ref = _ReferencePanopticEval(2, ignore=[0], min_points=1)
+  ref.addBatch(segment + 1, pred_instance + 1, segment + 1, gt_instance + 1)
+  assert ref.getPQ()[0] == pytest.approx(1 / 3)
+  # Two GT ids and three predicted ids with no match at all: PQ 0 officially.
+  pred_instance = np.arange(120) % 3
+  assert panoptic.panoptic_quality(segment, gt_instance, segment, pred_instance,
+                                   num_classes=1, thing_classes=[])["PQ"] == 0.0
+  # The Pointcept-style option merges each stuff class into one segment: PQ 1.
+  merged = panoptic.panoptic_quality(segment, gt_instance, segment, pred_instance,
+                                     num_classes=1, thing_classes=[], merge_stuff_ids=True)
+  assert merged["PQ"] == 1.0
 
 
 def test_perfect_and_empty_predictions():

@@ -56,9 +56,14 @@ def test_raw_conversion_reports_dropped_points(tmp_path, capsys):
   _write_kitti(tmp_path / "raw", points=points, raw_labels=np.array([40, 40, 48], np.uint32))
   out = str(tmp_path / "out")
   assert prepare_data.main(["semantickitti", "--raw", str(tmp_path / "raw"), "--out", out]) == 0
-  table = capsys.readouterr().out.splitlines()
+  captured = capsys.readouterr()
+  table = captured.out.splitlines()
   header, row = table[0].split(), table[1].split()
   assert row[0] == "val" and row[header.index("dropped")] == "1"
+  assert "dropped: points removed for non-finite (NaN/inf) coordinates" in table
+  # Per scene, on stderr: why points were dropped, and that 2 points are too few to pretrain.
+  assert "000000.bin: dropped 1 points (non-finite coordinates)." in captured.err
+  assert "only 2 points, fewer than data.min_view_points=64" in captured.err
   scene = pointcept_io.read_scene(pointcept_io.list_scenes(out, "val")[0], "semantickitti")
   np.testing.assert_array_equal(scene.segment, [8, 10])
 

@@ -336,3 +336,41 @@ def test_point_files_read_each_format_and_estimate_normals(tmp_path):
   np.save(tmp_path / "bad.npy", np.zeros((5, 5)))
   with pytest.raises(SceneError, match=r"bad.npy.*\[N, 3\]"):
     point_files.read_point_file(str(tmp_path / "bad.npy"))
+
+
+def test_scannet_label_map_row_outside_nyu40_is_refused_naming_the_category(tmp_path):
+  _write_scannet(tmp_path)
+  (tmp_path / "scannetv2-labels.combined.tsv").write_text(TSV.replace("chair\t1\t5", "chair\t1\t400"))
+  with pytest.raises(SceneError, match=r"object 1 has label 'chair', whose nyu40id 400 .* "
+                                       r"outside 1\.\.40"):
+    scannet.find_scenes(str(tmp_path))[0].load()
+
+
+def test_scannet_aggregation_segments_missing_from_segs_are_refused_or_reported(tmp_path):
+  # Object 7 lists only segment 9, which segs.json lacks: its instance would vanish.
+  _write_scannet(tmp_path, groups=[{"objectId": 0, "label": "wall", "segments": [1]},
+                                   {"objectId": 7, "label": "chair", "segments": [9]}])
+  with pytest.raises(SceneError, match=r"object 7 \('chair'\) lists segments \[9\]"):
+    scannet.find_scenes(str(tmp_path))[0].load()
+  # Object 1 lists segments 0 and 9: it keeps segment 0's points, and the loss is reported.
+  _write_scannet(tmp_path, groups=[{"objectId": 0, "label": "wall", "segments": [1]},
+                                   {"objectId": 1, "label": "chair", "segments": [0, 9]}])
+  loaded = scannet.find_scenes(str(tmp_path))[0].load()
+  np.testing.assert_array_equal(loaded.scene.instance, [1, 1, 1, 1, 0, 0])
+  [warning] = loaded.warnings
+  assert "object 1 ('chair'): 1 of its 2 segments are not in" in warning and "segs.json" in warning
+
+
+def test_scannet_empty_and_all_nan_meshes_say_why(tmp_path):
+  _write_scannet(tmp_path, verts=np.full((6, 3), np.nan, np.float32))
+  with pytest.raises(SceneError, match=r"no finite points left \(all 6 have NaN/inf"):
+    scannet.find_scenes(str(tmp_path))[0].load()
+  scan = _write_scannet(tmp_path)
+  vertex = np.zeros(0, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
+                        ("blue", "u1")])
+  face = np.zeros(0, [("vertex_indices", "i4", (3,))])
+  plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex"),
+                   plyfile.PlyElement.describe(face, "face")]).write(
+                       str(scan / "scene0000_00_vh_clean_2.ply"))
+  with pytest.raises(SceneError, match="has no vertices"):
+    scannet.find_scenes(str(tmp_path))[0].load()

@@ -174,9 +174,11 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
 
   Returns:
     dict of numpy arrays, docs/architecture.md batch layout, plus `num_cropped` i32 [B]
-    (points removed by crops per scene), `index` (full-scan ids, -1 on padding) and, with
-    `stage_capacities_fn`, `stage_capacities` i32 [S] (pass it to the model as a static
-    tuple) and `stage_point_counts` i32 [S], the real points per stage (max over views).
+    (points removed by crops per scene), `bad_scenes` i32 [B] (unreadable scenes skipped
+    before each row's, from the views' optional "bad_scenes"), `index` (full-scan ids, -1 on
+    padding) and, with `stage_capacities_fn`, `stage_capacities` i32 [S] (pass it to the
+    model as a static tuple) and `stage_point_counts` i32 [S], the real points per stage
+    (max over views).
   """
   if with_views and any(len(example) != 2 for example in examples):
     raise ValueError("collate: pretraining examples must hold exactly 2 (global) views.")
@@ -210,7 +212,8 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
         row[v] = view
       if view["coord"].shape[0] < min_view_points:
         raise ValueError(
-            f"batch row {b} view {v}: {view['coord'].shape[0]} points after crops, fewer than "
+            f"{view.get('source', f'batch row {b}')} view {v}: {view['coord'].shape[0]} "
+            "points after crops, fewer than "
             f"data config min_view_points={min_view_points}; raise buckets or the model's "
             "stage capacities, or check the scene.")
       grids.append(grid)
@@ -237,6 +240,9 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
   if stage_capacities is not None:
     out["stage_capacities"] = np.asarray(stage_capacities, np.int32)
     out["stage_point_counts"] = np.asarray(stage_counts, np.int32)
+  # Unreadable scenes the loader replaced before each row's scene (`loader.SkipBadScenes`).
+  out["bad_scenes"] = np.array([example[0].get("bad_scenes", 0) for example in examples],
+                               np.int32)
   if num_cropped.any():
     logging.getLogger(__name__).info("cropped %d points from %d scenes to fit capacity %d",
                                      int(num_cropped.sum()), int((num_cropped > 0).sum()),

@@ -23,6 +23,9 @@ def data_config(kind: str = "indoor") -> ml_collections.ConfigDict:
   c.num_scenes = 64  # synthetic in-memory source only
   c.synthetic_small = False  # small synthetic scenes (tests, CPU demos)
   c.label_fraction = 1.0  # probing: fraction of labelled training scenes (Table 7)
+  # A training scene the reader refuses: 'skip' (replace by the next, name it, count it in
+  # metrics.jsonl `bad_scenes`) or 'raise' (stop). Evaluation always raises.
+  c.bad_scenes = "skip"
 
   c.grid_size = 0.02 if indoor else 0.05  # metres
   # Point capacities of a padded view (sorted); a batch takes the smallest that fits.
@@ -72,8 +75,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(field, why):
     raise ValueError(f"data config: {field}={config.get(field)!r} {why}")
   buckets = tuple(config.buckets)
-  if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
-    fail("buckets", "must be a non-empty, strictly increasing tuple of positive capacities.")
+  # A command-line string (--config.data.buckets=abc) arrives as a tuple of characters.
+  if (not buckets or not all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)
+      or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets))):
+    fail("buckets", "must be a non-empty, strictly increasing tuple of positive integer "
+         "capacities, e.g. --config.data.buckets='(8192, 16384)'.")
   if not 0.0 <= config.mask_ratio < 1.0:
     fail("mask_ratio", "must lie in [0, 1).")
   if config.mask_size <= 0:
@@ -92,6 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("batch_size", "must be positive.")
   if not 0.0 < config.label_fraction <= 1.0:
     fail("label_fraction", "must lie in (0, 1].")
+  if config.get("bad_scenes", "skip") not in ("skip", "raise"):
+    fail("bad_scenes", "must be 'skip' or 'raise'.")
   known = {"coord", "color", "normal", "strength"}
   if not config.feat_keys or set(config.feat_keys) - known:
     fail("feat_keys", f"must be a non-empty subset of {sorted(known)}.")

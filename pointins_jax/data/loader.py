@@ -3,6 +3,12 @@
   MapDataset.source(scenes)[shard::count].seed(seed).shuffle().repeat()
       .random_map(views).batch(batch_size, batch_fn=collate) -> to_iter_dataset [-> mp_prefetch]
 
+Bad scenes (README "Faults and bad input"): with `data.bad_scenes='skip'` (the default) the
+training iterators wrap their source in `SkipBadScenes`: a scene its reader refuses
+(`SceneError`: NaN coordinates, mismatched files, labels out of range, fewer points than
+`min_view_points`) is replaced by the next readable scene, named once per process in a
+WARNING line, and counted in the batch's `bad_scenes`; `'raise'` stops at the first one.
+
 The random map's generator is derived by grain from (seed, position in the shuffled,
 repeated stream), so a record gets the same views whatever the worker count, and batching on
 the MapDataset (before the workers) fixes batch composition and order. The iterator's
@@ -11,6 +17,7 @@ the MapDataset (before the workers) fixes batch composition and order. The itera
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -21,7 +28,7 @@ import numpy as np
 from pointins_jax.data import batching
 from pointins_jax.data import config as config_lib
 from pointins_jax.data import views as views_lib
-from pointins_jax.data.scene import Scene
+from pointins_jax.data.scene import Scene, SceneError
 
 # Synthetic scenes of the evaluation split use seeds from here on, disjoint from training.
 _EVAL_SEED_OFFSET = 1_000_000
@@ -80,6 +87,77 @@ def scene_source(data_config, split: Optional[str] = None):
                          small=data_config.synthetic_small, seed_offset=offset)
 
 
+class SkipBadScenes:
+  """A scene source that replaces unreadable scenes by the next readable one.
+
+  `source[i]` -> (scene, number of unreadable scenes skipped to reach it). The replacement
+  is deterministic (the next index, wrapping), so batches and resumes stay reproducible.
+  Each bad scene is reported once per process, in one WARNING line naming its file and why.
+  """
+
+  def __init__(self, source, min_points: int = 1):
+    self._source, self._min_points = source, int(min_points)
+    self._reported: set[str] = set()
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def read(self, index: int) -> Scene:
+    """`source[index]`, refusing scenes with fewer than `min_points` points (SceneError)."""
+    scene = self._source[index]
+    if scene.num_points < self._min_points:
+      raise SceneError(f"{scene.source} (scene {scene.name!r}): {scene.num_points} points, "
+                       f"fewer than data config min_view_points={self._min_points}; remove "
+                       "the scene or lower min_view_points.")
+    return scene
+
+  def __getitem__(self, index: int) -> tuple[Scene, int]:
+    count, first = len(self._source), None
+    for skipped in range(count):
+      try:
+        return self.read((index + skipped) % count), skipped
+      except SceneError as error:
+        first = first or error
+        if str(error) not in self._reported:
+          self._reported.add(str(error))
+          logging.getLogger(__name__).warning(
+              "bad scene skipped (data.bad_scenes='skip'): %s", error)
+    raise SceneError(f"every one of the {count} scenes is unreadable, e.g. {first}")
+
+
+class _RaiseBadScenes(SkipBadScenes):
+  """`SkipBadScenes`' record layout without skipping: the first bad scene raises."""
+
+  def __getitem__(self, index: int) -> tuple[Scene, int]:
+    return self.read(index), 0
+
+
+def _guarded(source, data_config):
+  """`source` wrapped per `data_config.bad_scenes`; records become (scene, skipped)."""
+  policy = data_config.get("bad_scenes", "skip")
+  wrapper = SkipBadScenes if policy == "skip" else _RaiseBadScenes
+  return wrapper(source, data_config.min_view_points)
+
+
+class DroppedData:
+  """Sums a batch's dropped-data counters (`num_cropped`, `bad_scenes`) between log lines."""
+
+  KEYS = ("num_cropped", "bad_scenes")
+
+  def __init__(self):
+    self.totals = dict.fromkeys(self.KEYS, 0)
+
+  def add(self, host_batch: dict) -> None:
+    """Takes the counters out of `host_batch` (they are not model inputs) and adds them."""
+    for key in self.KEYS:
+      self.totals[key] += int(np.sum(host_batch.pop(key, 0)))
+
+  def pop(self) -> dict:
+    """The totals since the last pop, reset to 0."""
+    totals, self.totals = self.totals, dict.fromkeys(self.KEYS, 0)
+    return totals
+
+
 def num_scenes(data_config, split: Optional[str] = None) -> int:
   return len(scene_source(data_config, split))
 
@@ -89,8 +167,9 @@ class _PretrainViews(grain.transforms.RandomMap):
   def __init__(self, data_config):
     self._config = data_config
 
-  def random_map(self, scene: Scene, rng: np.random.Generator) -> list[dict]:
-    return views_lib.pretrain_views(scene, self._config, rng)
+  def random_map(self, record: tuple[Scene, int], rng: np.random.Generator) -> list[dict]:
+    scene, skipped = record
+    return _tag(views_lib.pretrain_views(scene, self._config, rng), scene, skipped)
 
 
 class _ProbeView(grain.transforms.RandomMap):
@@ -98,8 +177,18 @@ class _ProbeView(grain.transforms.RandomMap):
   def __init__(self, data_config):
     self._config = data_config
 
-  def random_map(self, scene: Scene, rng: np.random.Generator) -> list[dict]:
-    return [views_lib.probe_view(scene, self._config, rng, augment=self._config.augment.enabled)]
+  def random_map(self, record: tuple[Scene, int], rng: np.random.Generator) -> list[dict]:
+    scene, skipped = record
+    return _tag([views_lib.probe_view(scene, self._config, rng,
+                                      augment=self._config.augment.enabled)], scene, skipped)
+
+
+def _tag(views: list[dict], scene: Scene, skipped: int) -> list[dict]:
+  """Adds the scene's file (for errors) and the bad scenes skipped before it (`batching`)."""
+  for view in views:
+    view["source"] = scene.source
+  views[0]["bad_scenes"] = skipped
+  return views
 
 
 def _iterator(data_config, source, view_map, *, seed: int, batch_size: Optional[int],
@@ -108,7 +197,7 @@ def _iterator(data_config, source, view_map, *, seed: int, batch_size: Optional[
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count}).")
   batch_size = data_config.batch_size if batch_size is None else batch_size
-  dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+  dataset = grain.MapDataset.source(_guarded(source, data_config))[shard_index::shard_count]
   if len(dataset) == 0:
     raise ValueError(f"data config root={data_config.root!r}: shard {shard_index} of "
                      f"{shard_count} holds no scenes; use fewer shards or more scenes.")

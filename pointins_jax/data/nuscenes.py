@@ -70,9 +70,7 @@ def convert_sweep(bin_path: str, label_path: str, name: str) -> LoadedScene:
   points = read_points(bin_path)
   segment, instance = read_panoptic(label_path, len(points))
   coord, intensity, segment, instance, dropped = drop_non_finite(
-      points[:, :3], points[:, 3], segment, instance)
-  if len(coord) == 0:
-    raise SceneError(f"{bin_path}: no finite points left (all {dropped} are NaN/inf).")
+      points[:, :3], points[:, 3], segment, instance, source=bin_path)
   if not np.isfinite(intensity).all() or intensity.min() < 0 or intensity.max() > 255:
     raise SceneError(f"{bin_path}: intensity must be finite and in [0, 255].")
   # Pointcept's nuScenes loader scales intensity to [0, 1] the same way.

@@ -139,10 +139,13 @@ class LoadedScene:
     scene: the scene.
     extra_segments: more label files, e.g. {"segment20": ..., "segment200": ...}.
     dropped: points removed on purpose (NaN/inf coordinates), reported by prepare_data.
+    warnings: labels lost on the way, one line each naming the file and what was lost
+      (printed by prepare_data).
   """
   scene: Scene
   extra_segments: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   dropped: int = 0
+  warnings: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

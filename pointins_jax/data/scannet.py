@@ -30,6 +30,7 @@ from pointins_jax.data.pointcept_io import LoadedScene, SourceScene
 from pointins_jax.data.scene import IGNORE_INDEX, NO_INSTANCE, Scene, SceneError, drop_non_finite
 
 LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
+NUM_NYU40 = 40  # nyu40id values are 1..40
 SPLIT_FILES = {"train": "scannetv2_train.txt", "val": "scannetv2_val.txt"}
 
 
@@ -58,15 +59,20 @@ def read_mesh(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   try:
     ply = plyfile.PlyData.read(path)
     vertex = ply["vertex"]
+    if len(vertex.data) == 0:
+      raise SceneError(f"{path}: the mesh has no vertices (an empty scan); re-export it or "
+                       "remove the scene.")
     coord = np.stack([vertex[k] for k in ("x", "y", "z")], -1).astype(np.float64)
     color = np.stack([vertex[k] for k in ("red", "green", "blue")], -1).astype(np.float32)
-    faces = np.stack(ply["face"]["vertex_indices"]).astype(np.int64)
+    face_list = ply["face"]["vertex_indices"]
+    faces = (np.stack(face_list) if len(face_list) else np.zeros((0, 3))).astype(np.int64)
   except (KeyError, ValueError, plyfile.PlyParseError) as error:
+    if isinstance(error, SceneError):
+      raise
     raise SceneError(f"{path}: not a ScanNet mesh PLY with vertex x, y, z, red, green, blue "
                      f"and triangle faces ({error}).") from error
-  if len(coord) == 0:
-    raise SceneError(f"{path}: the mesh has no vertices (empty scan).")
-  if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= len(coord):
+  if faces.ndim != 2 or faces.shape[1] != 3 or (
+      faces.size and (faces.min() < 0 or faces.max() >= len(coord))):
     raise SceneError(f"{path}: faces must be triangles indexing the {len(coord)} vertices.")
   # Faces touching a NaN/inf vertex are left out; those vertices are dropped later.
   faces = faces[np.isfinite(coord).all(axis=1)[faces].all(axis=1)]
@@ -113,6 +119,7 @@ def convert_scan(scan_dir: str, label_map: dict[str, tuple[int, int]]) -> Loaded
   segment20 = np.full(len(coord), IGNORE_INDEX, np.int32)
   segment200 = np.full(len(coord), IGNORE_INDEX, np.int32)
   instance = np.full(len(coord), NO_INSTANCE, np.int32)
+  known_segments, warnings = np.unique(seg_indices), []
   for group in _read_json(aggregation_path, "segGroups"):
     try:
       label, object_id, segments = group["label"], int(group["objectId"]), group["segments"]
@@ -123,15 +130,32 @@ def convert_scan(scan_dir: str, label_map: dict[str, tuple[int, int]]) -> Loaded
       raise SceneError(f"{aggregation_path}: label {label!r} is not a raw_category of "
                        f"{LABEL_MAP_FILE}.")
     scannet_id, nyu40_id = label_map[label]
-    members = np.isin(seg_indices, np.asarray(segments, np.int64))
+    if not 1 <= nyu40_id <= NUM_NYU40:
+      # Would silently turn the category's points into ignore.
+      raise SceneError(f"{aggregation_path}: object {object_id} has label {label!r}, whose "
+                       f"nyu40id {nyu40_id} in {LABEL_MAP_FILE} is outside 1..{NUM_NYU40}; "
+                       "fix that row of the label map.")
+    segments = np.asarray(segments, np.int64)
+    missing = np.setdiff1d(segments, known_segments)
+    if len(missing) == len(segments):
+      raise SceneError(f"{aggregation_path}: object {object_id} ({label!r}) lists segments "
+                       f"{missing[:5].tolist()}, none of which is in {segs_path}; the "
+                       "aggregation and the segmentation come from different scans or "
+                       "versions, re-download the scan.")
+    if len(missing):
+      warnings.append(f"{aggregation_path}: object {object_id} ({label!r}): "
+                      f"{len(missing)} of its {len(segments)} segments are not in "
+                      f"{segs_path}; their points stay unlabelled.")
+    members = np.isin(seg_indices, segments)
     segment20[members] = valid20.get(nyu40_id, IGNORE_INDEX)
     segment200[members] = valid200.get(scannet_id, IGNORE_INDEX)
     instance[members] = object_id
   coord, color, normal, segment20, segment200, instance, dropped = drop_non_finite(
-      coord, color, normal, segment20, segment200, instance)
+      coord, color, normal, segment20, segment200, instance, source=scan_dir)
   scene = Scene(coord=coord, color=color, normal=normal, segment=segment20, instance=instance,
                 name=name, source=scan_dir)
-  return LoadedScene(scene, {"segment20": segment20, "segment200": segment200}, dropped)
+  return LoadedScene(scene, {"segment20": segment20, "segment200": segment200}, dropped,
+                     tuple(warnings))
 
 
 def find_scenes(raw: str) -> list[SourceScene]:

@@ -57,7 +57,7 @@ class Scene:
     if coord.ndim != 2 or coord.shape[1] != 3:
       raise SceneError(f"{where}: coord must have shape [N, 3], got {coord.shape}.")
     if coord.shape[0] == 0:
-      raise SceneError(f"{where}: the scan is empty (0 points).")
+      raise SceneError(f"{where}: the scan is empty (0 points); re-export or remove it.")
     if not np.issubdtype(coord.dtype, np.number):
       raise SceneError(f"{where}: coord must be numeric, got dtype {coord.dtype}.")
     coord = coord.astype(np.float32, copy=False)
@@ -117,8 +117,13 @@ def drop_non_finite(coord: np.ndarray, *arrays, source: str = "<memory>"):
   """Removes points with NaN/inf coordinates on purpose; returns (kept arrays..., count).
 
   Readers call this and report the count, so nothing is dropped silently.
+  Raises:
+    SceneError: naming `source` when no point is left (every coordinate non-finite).
   """
   keep = np.isfinite(coord).all(axis=1)
   dropped = int((~keep).sum())
+  if dropped and not keep.any():
+    raise SceneError(f"{source}: no finite points left (all {dropped} have NaN/inf "
+                     "coordinates); the scan is unusable, re-export or remove it.")
   out = [coord[keep]] + [None if a is None else a[keep] for a in arrays]
   return (*out, dropped)

@@ -65,9 +65,7 @@ def convert_scan(bin_path: str, label_path: Optional[str], name: str) -> LoadedS
   if label_path is not None:
     segment, instance = read_labels(label_path, len(points))
   coord, strength, segment, instance, dropped = drop_non_finite(
-      points[:, :3], points[:, 3], segment, instance)
-  if len(coord) == 0:
-    raise SceneError(f"{bin_path}: no finite points left (all {dropped} are NaN/inf).")
+      points[:, :3], points[:, 3], segment, instance, source=bin_path)
   if not np.isfinite(strength).all() or strength.min() < 0 or strength.max() > 1:
     raise SceneError(f"{bin_path}: remission must be finite and in [0, 1].")
   return LoadedScene(Scene(coord=coord, strength=strength, segment=segment, instance=instance,

@@ -1,16 +1,22 @@
-"""Panoptic quality (PQ / SQ / RQ), a port of the SemanticKITTI panoptic evaluation.
+"""Panoptic quality (PQ / SQ / RQ), equal to the SemanticKITTI panoptic evaluation.
 
-Ports `PanopticEval` of PRBonn/semantic-kitti-api (`auxiliary/eval_np.py`, driven by
-`evaluate_panoptic.py`) to our label convention (class ids 0..C-1, -1 = unlabelled; instance
--1 = none), rule for rule:
+Computes what `PanopticEval` of PRBonn/semantic-kitti-api (`auxiliary/eval_np.py`, driven by
+`evaluate_panoptic.py`) computes, in our label convention (class ids 0..C-1, -1 = unlabelled;
+instance -1 = none, the official instance 0); `tests/test_metric_panoptic.py` checks it
+against a literal transcription of that code:
 
 * Points whose GT class is -1 (the official "unlabeled" class 0) are removed first, for the
   predictions too. A predicted class of -1 makes a point belong to no predicted segment (and
   counts as a miss in the IoU).
-* A segment is a (class, instance id) pair. Stuff classes carry no instances (the official
-  files store instance 0 for them), so every point of a stuff class forms one segment per scan,
-  in GT and prediction alike, whatever instance ids were given. Thing points with instance -1
-  form one segment of their class, as the official id 0 does.
+* A segment is a (class, instance id) pair, for every class, stuff included: the official
+  code never looks at whether a class is a thing when forming segments. Stuff points carry
+  instance -1 in GT (our readers; the official files store 0), so a stuff class is one
+  segment per scan, but stuff *predicted* with several ids (or GT stuff with several ids)
+  makes several segments, which can turn a perfect stuff prediction into misses. Points of
+  a class with instance -1 form one segment of that class, as the official id 0 does.
+  `merge_stuff_ids=True` instead makes every stuff point of a class one segment whatever its
+  id (the convention of Pointcept-style evaluators that drop stuff instance ids); use it
+  only to compare with numbers computed that way.
 * Per class, a GT and a predicted segment of that class with IoU > 0.5 are a true positive
   (unique by construction) adding its IoU to the class's sum; unmatched GT segments with
   >= `min_points` points are false negatives and unmatched predicted segments with
@@ -42,12 +48,15 @@ class PanopticEvaluator:
   """Accumulates scans and computes PQ / SQ / RQ / mIoU (see the module docstring)."""
 
   def __init__(self, num_classes: int, thing_classes: Sequence[int],
-               class_names: Optional[Sequence[str]] = None, min_points: int = MIN_POINTS):
+               class_names: Optional[Sequence[str]] = None, min_points: int = MIN_POINTS,
+               merge_stuff_ids: bool = False):
     """Args:
       num_classes: C (SemanticKITTI: 19, nuScenes: 16).
       thing_classes: ids of the classes with instances; all others are stuff.
       class_names: C names (defaults to "0".."C-1").
       min_points: unmatched segments smaller than this count neither as FP nor as FN.
+      merge_stuff_ids: False (official): every (class, id) pair is a segment, stuff too;
+        True: all points of a stuff class form one segment (module docstring).
     """
     bad = [c for c in thing_classes if not 0 <= c < num_classes]
     if bad:
@@ -56,6 +65,7 @@ class PanopticEvaluator:
     self.is_thing = np.isin(np.arange(num_classes), thing_classes)
     self.class_names = semantic.resolve_class_names(class_names, num_classes)
     self.min_points = int(min_points)
+    self.merge_stuff_ids = bool(merge_stuff_ids)
     self._confusion = np.zeros((num_classes, num_classes + 1), np.int64)
     self._true_pos = np.zeros(num_classes, np.int64)
     self._iou_sum = np.zeros(num_classes, np.float64)
@@ -95,7 +105,8 @@ class PanopticEvaluator:
 
   def _segments(self, segment: np.ndarray, instance: np.ndarray):
     """(class int64 [S], per-point segment index int64 [N] (-1: none), size int64 [S])."""
-    instance = np.where(self.is_thing[np.maximum(segment, 0)], instance, -1)
+    if self.merge_stuff_ids:
+      instance = np.where(self.is_thing[np.maximum(segment, 0)], instance, -1)
     key = segment * (np.int64(1) << 32) + (instance + 1)  # instance ids are int32
     has_class = segment != -1
     keys, index, size = np.unique(key[has_class], return_inverse=True, return_counts=True)
@@ -134,8 +145,9 @@ class PanopticEvaluator:
 def panoptic_quality(gt_segment: np.ndarray, gt_instance: np.ndarray, pred_segment: np.ndarray,
                      pred_instance: np.ndarray, *, num_classes: int,
                      thing_classes: Sequence[int], class_names: Optional[Sequence[str]] = None,
-                     min_points: int = MIN_POINTS) -> dict:
+                     min_points: int = MIN_POINTS, merge_stuff_ids: bool = False) -> dict:
   """PQ / SQ / RQ / mIoU of one scan; use `PanopticEvaluator` to accumulate a split."""
-  evaluator = PanopticEvaluator(num_classes, thing_classes, class_names, min_points)
+  evaluator = PanopticEvaluator(num_classes, thing_classes, class_names, min_points,
+                                merge_stuff_ids)
   evaluator.add_scene(gt_segment, gt_instance, pred_segment, pred_instance)
   return evaluator.result()

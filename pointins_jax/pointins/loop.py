@@ -68,11 +68,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
                                       parallel.batch_sharded(mesh), parallel.replicated(mesh))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
-                                      tensorboard=config.train.tensorboard)
+                                      tensorboard=config.train.tensorboard, resume_step=start)
   last = {}
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="pretrain",
              disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
   t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+  dropped = loader_lib.DroppedData()  # crops and skipped scenes between log lines
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
   eval_every = int(config.train.get("eval_every", 0))
   offsets_fn = train_lib.make_offsets_fn(config) if eval_every > 0 and is_main else None
@@ -85,45 +86,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                         log=bar.write if config.train.progress_bar else print))
     monitor.plot(workdir)
 
-  if is_main and start == 0 and monitor.due(0, total_steps, eval_every):
-    monitor_offsets(0)
-  for step in bar:
-    if stop_after and step >= start + stop_after:
-      ckpt.close()  # waits for pending periodic saves only, like a killed job
-      writer.close()
-      return last
-    host_batch = next(iterator)
-    num_cropped = int(np.sum(host_batch.pop("num_cropped", 0)))
-    batch = parallel.put_batch(
-        {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
-                             parallel.step_capacities(host_batch, planner))
-    steps_since_log += 1
-    points_since_log += int(np.sum(host_batch["valid"]))
-    if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
-      last = _host_metrics(metrics)
-      if bool(last.pop("stage_overflow")):
-        model_configs.raise_overflow(config.model)
-      # Fetching the metrics waited for the device, so wall time / steps is step time.
-      elapsed = time.perf_counter() - t_log
-      compiles, compile_seconds = compilation.counter().snapshot("train_step")
-      last.update(step_time=elapsed / steps_since_log,
-                  points_per_second=points_since_log / max(elapsed, 1e-9),
-                  num_cropped=num_cropped, compiles=compiles, compile_seconds=compile_seconds)
-      t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
-      record = writer.write(step + 1, last)
-      if is_main:
-        print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic", "semantic_kl",
-                                                 "loss_offset", "skipped") if k in record}),
-              flush=True)
-        bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-    ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
-              force=step + 1 == total_steps)
-    if is_main and monitor.due(step + 1, total_steps, eval_every):
-      monitor_offsets(step + 1)
-  ckpt.wait()
-  if is_main:
+  # Leaving by any path waits for the save in flight; SIGTERM saves and raises Preempted.
+  with ckpt, writer, checkpointing.StopSignal() as stop:
+    if is_main and start == 0 and monitor.due(0, total_steps, eval_every):
+      monitor_offsets(0)
+    for step in bar:
+      if stop_after and step >= start + stop_after:
+        return last  # leaving `ckpt` waits for pending periodic saves only, like a killed job
+      host_batch = next(iterator)
+      dropped.add(host_batch)
+      batch = parallel.put_batch(
+          {k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
+                               parallel.step_capacities(host_batch, planner))
+      steps_since_log += 1
+      points_since_log += int(np.sum(host_batch["valid"]))
+      if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
+        last = _host_metrics(metrics)
+        if bool(last.pop("stage_overflow")):
+          model_configs.raise_overflow(config.model)
+        # Fetching the metrics waited for the device, so wall time / steps is step time.
+        elapsed = time.perf_counter() - t_log
+        compiles, compile_seconds = compilation.counter().snapshot("train_step")
+        last.update(step_time=elapsed / steps_since_log,
+                    points_per_second=points_since_log / max(elapsed, 1e-9), **dropped.pop(),
+                    compiles=compiles, compile_seconds=compile_seconds)
+        t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
+        record = writer.write(step + 1, last)
+        if is_main:
+          print(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
+                                                   "semantic_kl", "loss_offset", "skipped")
+                            if k in record}), flush=True)
+          bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+      ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
+      if is_main and monitor.due(step + 1, total_steps, eval_every):
+        monitor_offsets(step + 1)
+    ckpt.wait()
+    # Every process: orbax's save is collective (process 0 alone would wait for the rest).
     export_lib.export_encoder(os.path.join(workdir, "export"), config, state)
-  ckpt.close()
-  writer.close()
   return last

@@ -290,53 +290,52 @@ def train_and_evaluate(config, workdir: str) -> dict:
       out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,),
       static_argnums=(3,))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
-                                      tensorboard=config.train.tensorboard)
+                                      tensorboard=config.train.tensorboard, resume_step=start)
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps,
              desc=f"probe {config.mode}_{config.task}",
              disable=not is_main or not config.train.progress_bar, dynamic_ncols=True)
   log = bar.write if config.train.progress_bar else print
   t_log, steps_since_log = time.perf_counter(), 0
+  dropped = loader_lib.DroppedData()  # crops and skipped scenes between log lines
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
   eval_every = int(config.train.eval_every)
-  for step in bar:
-    if stop_after and step >= start + stop_after:
-      ckpt.close()
-      writer.close()
-      return {}
-    host_batch = next(iterator)
-    host_batch.update(instance_targets(host_batch))
-    batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
-                             parallel.step_capacities(host_batch, planner))
-    steps_since_log += 1
-    if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
-      last = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-      elapsed = time.perf_counter() - t_log  # fetching metrics waited for the device
-      compiles, compile_seconds = compilation.counter().snapshot("probe_step")
-      last.update(step_time=elapsed / steps_since_log,
-                  num_cropped=int(np.sum(host_batch["num_cropped"])),
-                  compiles=compiles, compile_seconds=compile_seconds)
-      t_log, steps_since_log = time.perf_counter(), 0
-      record = writer.write(step + 1, last)
-      if is_main:
-        log(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic", "loss_offset",
-                                               "accuracy", "skipped") if k in record}))
-        bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-    ckpt.save(step + 1, state, iterator.get_state(), meta={"total_steps": total_steps},
-              force=step + 1 == total_steps)
-    if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < total_steps and is_main:
-      result = evaluate(config, state.params, log=log)
-      writer.write(step + 1, _summary(config, result))
-  ckpt.wait()
-  record = {}
-  if is_main:
-    result = evaluate(config, state.params, figure_dir=os.path.join(workdir, "figures"),
-                      num_figures=config.train.num_figures, log=log)
-    writer.write(total_steps, _summary(config, result))
-    record = write_eval(workdir, config, result, total_steps)
-    print(report.format_result(result, config.task), flush=True)
-  ckpt.close()
-  writer.close()
+  # Leaving by any path waits for the save in flight; SIGTERM saves and raises Preempted.
+  with ckpt, writer, checkpointing.StopSignal() as stop:
+    for step in bar:
+      if stop_after and step >= start + stop_after:
+        return {}
+      host_batch = next(iterator)
+      dropped.add(host_batch)
+      host_batch.update(instance_targets(host_batch))
+      batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
+                               parallel.step_capacities(host_batch, planner))
+      steps_since_log += 1
+      if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
+        last = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - t_log  # fetching metrics waited for the device
+        compiles, compile_seconds = compilation.counter().snapshot("probe_step")
+        last.update(step_time=elapsed / steps_since_log, **dropped.pop(), compiles=compiles,
+                    compile_seconds=compile_seconds)
+        t_log, steps_since_log = time.perf_counter(), 0
+        record = writer.write(step + 1, last)
+        if is_main:
+          log(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
+                                                 "loss_offset", "accuracy", "skipped")
+                          if k in record}))
+          bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+      ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
+      if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < total_steps and is_main:
+        result = evaluate(config, state.params, log=log)
+        writer.write(step + 1, _summary(config, result))
+    ckpt.wait()
+    record = {}
+    if is_main:
+      result = evaluate(config, state.params, figure_dir=os.path.join(workdir, "figures"),
+                        num_figures=config.train.num_figures, log=log)
+      writer.write(total_steps, _summary(config, result))
+      record = write_eval(workdir, config, result, total_steps)
+      print(report.format_result(result, config.task), flush=True)
   return record
 
 

@@ -24,7 +24,9 @@ def test_full_scan_predictions_cover_every_original_point():
 
   def apply(batch):  # echoes the colour features: per point, not per frame
     seen.append(batch["valid"].sum())
-    assert set(batch) == set(inference.MODEL_KEYS)
+    # The model inputs, plus the chunk's data-following stage capacities and counts.
+    assert set(batch) == set(inference.MODEL_KEYS + inference.CAPACITY_KEYS)
+    assert all(batch["stage_capacities"] >= batch["stage_point_counts"])
     return {"color": batch["feat"][..., 3:6]}
 
   model = model_configs.model_config("tiny")

@@ -65,6 +65,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                  iterator)
 
   planner = compilation.CapacityPlanner()  # few compiled stage-capacity profiles
+  compiles = compilation.counter()  # listening before the first compilation
+  compiles_before = compiles.snapshot("train_step")  # other runs of this process
   step_fn = train_lib.make_train_step(config, total_steps, state_sharding,
                                       parallel.batch_sharded(mesh), parallel.replicated(mesh))
   writer = metric_writer.MetricWriter(workdir, enabled=is_main,
@@ -107,10 +109,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
           model_configs.raise_overflow(config.model)
         # Fetching the metrics waited for the device, so wall time / steps is step time.
         elapsed = time.perf_counter() - t_log
-        compiles, compile_seconds = compilation.counter().snapshot("train_step")
+        num_compiles, compile_seconds = (
+            now - before for now, before in zip(compiles.snapshot("train_step"), compiles_before))
         last.update(step_time=elapsed / steps_since_log,
                     points_per_second=points_since_log / max(elapsed, 1e-9), **dropped.pop(),
-                    compiles=compiles, compile_seconds=compile_seconds)
+                    compiles=num_compiles, compile_seconds=compile_seconds)
         t_log, steps_since_log, points_since_log = time.perf_counter(), 0, 0
         record = writer.write(step + 1, last)
         if is_main:

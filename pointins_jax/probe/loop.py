@@ -284,6 +284,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # stage_capacities (a tuple from the capacity ladder) is static: one compile per value.
   planner = compilation.CapacityPlanner()
+  compiles = compilation.counter()  # listening before the first compilation
+  compiles_before = compiles.snapshot("probe_step")  # other runs of this process
   step_fn = jax.jit(
       probe_step,
       in_shardings=(state_sharding, parallel.batch_sharded(mesh), parallel.replicated(mesh)),
@@ -314,8 +316,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if (step + 1) % config.train.log_every == 0 or step + 1 == total_steps or step == start:
         last = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - t_log  # fetching metrics waited for the device
-        compiles, compile_seconds = compilation.counter().snapshot("probe_step")
-        last.update(step_time=elapsed / steps_since_log, **dropped.pop(), compiles=compiles,
+        num_compiles, compile_seconds = (
+            now - before for now, before in zip(compiles.snapshot("probe_step"), compiles_before))
+        last.update(step_time=elapsed / steps_since_log, **dropped.pop(), compiles=num_compiles,
                     compile_seconds=compile_seconds)
         t_log, steps_since_log = time.perf_counter(), 0
         record = writer.write(step + 1, last)

@@ -20,12 +20,20 @@ def small_config(**train):
   return config
 
 
+def _fitted(config):
+  """Data-following stage capacities (the demo keeps fixed ones): the resumed run's planner
+  starts empty and may pick other compiled profiles, which must not change the results."""
+  config.model.capacity_steps_per_octave = 2
+  return config
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-  full = small_config(total_steps=5, log_every=1, checkpoint_every=2)
+  full = _fitted(small_config(total_steps=5, log_every=1, checkpoint_every=2))
   loop.train_and_evaluate(full, str(tmp_path / "full"))
-  killed = small_config(total_steps=5, log_every=1, checkpoint_every=2, stop_after_steps=3)
+  killed = _fitted(small_config(total_steps=5, log_every=1, checkpoint_every=2,
+                                stop_after_steps=3))
   loop.train_and_evaluate(killed, str(tmp_path / "resumed"))  # dies after step 3, saved at 2
-  resumed = small_config(total_steps=5, log_every=1, checkpoint_every=2)
+  resumed = _fitted(small_config(total_steps=5, log_every=1, checkpoint_every=2))
   loop.train_and_evaluate(resumed, str(tmp_path / "resumed"))
   a = {m["step"]: m for m in metric_writer.read_metrics(str(tmp_path / "full"))}
   rows = metric_writer.read_metrics(str(tmp_path / "resumed"))

@@ -192,21 +192,22 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
       row.append(view)
     cropped.append(row)
   capacity = choose_bucket(max(v["coord"].shape[0] for row in cropped for v in row), buckets)
+  # Each view's grid and per-stage counts, computed once: they pick the capacities and
+  # tell which views (under fixed capacities only) still need a crop.
+  view_grids = [[view_grid(view["coord"], grid_size) for view in row] for row in cropped]
   stage_capacities = None
   if stage_capacities_fn is not None:
     num_stages = len(stage_capacities_fn(capacity))
-    counts = np.max([stage_point_counts(view_grid(view["coord"], grid_size), num_stages)
-                     for row in cropped for view in row], axis=0)
-    stage_capacities = list(stage_capacities_fn(capacity, counts))
-    stage_counts = counts
+    view_counts = [[stage_point_counts(grid, num_stages) for grid in row] for row in view_grids]
+    stage_counts = np.max([c for row in view_counts for c in row], axis=0)
+    stage_capacities = list(stage_capacities_fn(capacity, stage_counts))
 
   batch = {key: [] for key in list(_DTYPES) + ["view_linear", "view_translation"]}
   for b, row in enumerate(cropped):
     grids = []
     for v, view in enumerate(row):
-      if stage_capacities is None:
-        grid = view_grid(view["coord"], grid_size)
-      else:
+      grid = view_grids[b][v]
+      if stage_capacities is not None and np.any(view_counts[b][v] > stage_capacities):
         view, grid, removed = fit_view(view, grid_size, stage_capacities)
         num_cropped[b] += removed
         row[v] = view

@@ -6,7 +6,7 @@ class id (index into `DETECTION_CLASSES`) and, when the data has it, a BEV veloc
 All are in the scene's own frame (the LiDAR frame for nuScenes; the sweep's frame for
 synthetic-outdoor). Scene folders store them as `box_center.npy` [M, 3],
 `box_size.npy` [M, 3], `box_yaw.npy` [M], `box_label.npy` [M] and optionally
-`box_velocity.npy` [M, 2].
+`box_velocity.npy` [M, 2] and `box_attribute.npy` [M].
 """
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ DETECTION_CLASS_RANGE = {"car": 50.0, "truck": 50.0, "bus": 50.0, "trailer": 50.
                          "construction_vehicle": 50.0, "pedestrian": 40.0,
                          "motorcycle": 40.0, "bicycle": 40.0, "traffic_cone": 30.0,
                          "barrier": 30.0}
+# The benchmark's 8 attributes (scored by AAE); -1 = no attribute (e.g. barriers, cones).
+DETECTION_ATTRIBUTES = ("cycle.with_rider", "cycle.without_rider", "pedestrian.moving",
+                        "pedestrian.sitting_lying_down", "pedestrian.standing",
+                        "vehicle.moving", "vehicle.parked", "vehicle.stopped")
+NO_ATTRIBUTE = -1
 BOX_FILES = {"center": "box_center.npy", "size": "box_size.npy", "yaw": "box_yaw.npy",
-             "label": "box_label.npy", "velocity": "box_velocity.npy"}
+             "label": "box_label.npy", "velocity": "box_velocity.npy",
+             "attribute": "box_attribute.npy"}
 
 
 class BoxError(ValueError):
@@ -43,6 +49,7 @@ class Boxes:
     yaw: float32 [M], radians about +z.
     label: int32 [M], index into `DETECTION_CLASSES` (or the dataset's class list).
     velocity: float32 [M, 2] (vx, vy) in m/s, or None when the data has no velocity.
+    attribute: int32 [M], index into `DETECTION_ATTRIBUTES` or NO_ATTRIBUTE (-1); or None.
   """
 
   center: np.ndarray
@@ -50,6 +57,7 @@ class Boxes:
   yaw: np.ndarray
   label: np.ndarray
   velocity: Optional[np.ndarray] = None
+  attribute: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return int(np.asarray(self.center).shape[0])
@@ -63,10 +71,10 @@ class Boxes:
     """
     m = None
     for field, tail in (("center", (3,)), ("size", (3,)), ("yaw", ()), ("label", ()),
-                        ("velocity", (2,))):
+                        ("velocity", (2,)), ("attribute", ())):
       value = getattr(self, field)
       if value is None:
-        if field != "velocity":
+        if field not in ("velocity", "attribute"):
           raise BoxError(f"{source}: boxes need {BOX_FILES[field]} ({field}).")
         continue
       value = np.asarray(value)
@@ -76,14 +84,16 @@ class Boxes:
       if value.ndim != 1 + len(tail) or value.shape[1:] != tail or value.shape[0] != m:
         raise BoxError(f"{source}: {BOX_FILES[field]} must have shape {(m, *tail)}, got "
                        f"{value.shape}; every box file holds one row per box.")
-      if field == "label":
+      if field in ("label", "attribute"):
+        low, high = (0, num_classes) if field == "label" else (NO_ATTRIBUTE,
+                                                                len(DETECTION_ATTRIBUTES))
         if not np.issubdtype(value.dtype, np.integer):
-          raise BoxError(f"{source}: {BOX_FILES[field]} must be integer class ids, got "
+          raise BoxError(f"{source}: {BOX_FILES[field]} must be integer ids, got "
                          f"dtype {value.dtype}.")
-        if value.size and (value.min() < 0 or value.max() >= num_classes):
-          raise BoxError(f"{source}: {BOX_FILES[field]} has class ids outside 0.."
-                         f"{num_classes - 1} (min {value.min()}, max {value.max()}); map "
-                         "them to the detection classes.")
+        if value.size and (value.min() < low or value.max() >= high):
+          raise BoxError(f"{source}: {BOX_FILES[field]} has ids outside {low}.."
+                         f"{high - 1} (min {value.min()}, max {value.max()}); map "
+                         f"them to the detection {field}s.")
         value = value.astype(np.int32, copy=False)
       else:
         if not np.issubdtype(value.dtype, np.number):
@@ -99,8 +109,10 @@ class Boxes:
 
   def subset(self, index) -> "Boxes":
     """The boxes selected by `index` (int indices or a boolean mask)."""
+    def take(a):
+      return None if a is None else a[index]
     return Boxes(self.center[index], self.size[index], self.yaw[index], self.label[index],
-                 None if self.velocity is None else self.velocity[index])
+                 take(self.velocity), take(self.attribute))
 
   @classmethod
   def empty(cls, with_velocity: bool = False) -> "Boxes":

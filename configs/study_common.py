@@ -28,7 +28,7 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
   config.probe_config = ("configs/probe_indoor.py:linear_insseg,demo" if indoor
                          else "configs/probe_outdoor.py:linear_panseg,demo")
   config.tables = arg.tables
-  config.seeds = (0, 1)
+  config.seeds = (0, 1, 2)
   # The fixed budget, identical for every run.
   config.pretrain_steps = 150
   config.probe_steps = 300
@@ -36,6 +36,19 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
   config.num_scenes = 16  # synthetic training scenes (pretraining and probe training)
   config.num_eval_scenes = 4  # synthetic validation scenes scored by the probe
   config.unsup_scenes = 4  # validation scenes scored in Table 13
+  # ((dotted key, value), ...) overrides of the probe config, for every probe run (the
+  # ceiling's included).
+  config.probe_overrides = ()
+  # The ceiling row: finetuning a random-init encoder with the labels (instance labels
+  # included) for `ceiling_steps`, encoder at the head's learning rate.
+  config.ceiling_probe_config = ("configs/probe_indoor.py:finetune_insseg,demo" if indoor
+                                 else "configs/probe_outdoor.py:finetune_panseg,demo")
+  config.ceiling_steps = 300
+  # Each finished run's record (metrics, wall time, config hash): committed, so a fresh
+  # checkout continues the study; and the report generated from them (figures beside it).
+  # Relative paths are from the repository root; '' = under --workdir.
+  config.records_dir = f"docs/study/{kind}"
+  config.report_path = "docs/results.md" if indoor else "docs/outdoor/results.md"
   # Offset quality of every pretraining (pointins/monitor.py): steps between evaluations
   # (also at step 0 and the end) and validation scenes each; the final figures join every
   # row of the report.
@@ -60,6 +73,9 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
     config.unsup_scenes = 1
     config.offset_eval_every = 2
     config.offset_eval_scenes = 1
+    config.ceiling_steps = 2
+    config.records_dir = ""  # smoke tests keep everything under --workdir
+    config.report_path = ""
   elif arg.variant != "small":
     raise ValueError(f"Unknown variant {arg.variant!r} of configs/study_{kind}.py; use small "
                      "or tiny.")

@@ -6,13 +6,19 @@
 
 Every run is one pretraining variant with the same step budget, then a linear probe with
 the same budget, for each seed; Table 13 scores unsupervised instances from the exports.
-Writes WORKDIR/report.md and WORKDIR/figures/*.png. Re-running with the same --workdir
-skips finished runs (WORKDIR/runs/<name>/result.json) and resumes unfinished ones from
-their checkpoints (WORKDIR/pretrain/<variant>__seed<k>, WORKDIR/runs/<name>/probe).
+Each finished run's small record (metrics, wall time, config hash) goes to the study
+config's `records_dir` (committed under docs/study/), so a rerun, even on a fresh checkout,
+skips finished runs whose config is unchanged and regenerates the report
+(`report_path`, e.g. docs/results.md, figures beside it) from the records; unfinished runs
+resume from their checkpoints (WORKDIR/pretrain/<variant>__seed<k>, WORKDIR/runs/<name>/).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import sys
 import time
 
 from absl import flags
@@ -48,10 +54,11 @@ def pretrain_base(study):
   return config
 
 
-def probe_base(study):
-  """The probe config of every run, with the study's budget applied."""
-  config = load_config(study.probe_config)
-  config.train.total_steps = int(study.probe_steps)
+def probe_base(study, ceiling: bool = False):
+  """The probe config of every run (`ceiling`: of the supervised ceiling row), with the
+  study's budget applied."""
+  config = load_config(study.ceiling_probe_config if ceiling else study.probe_config)
+  config.train.total_steps = int(study.ceiling_steps if ceiling else study.probe_steps)
   config.train.batch_size = int(study.batch_size)
   config.train.checkpoint_every = max(1, int(study.probe_steps) // 4)
   config.train.log_every = max(1, int(study.probe_steps) // 4)
@@ -60,7 +67,41 @@ def probe_base(study):
   config.train.num_eval_scenes = int(study.num_eval_scenes)
   config.train.num_figures = 0
   config.data.num_scenes = int(study.num_scenes)
+  for key, value in study.probe_overrides:
+    parent, _, leaf = key.rpartition(".")
+    study_lib.lookup(config, parent)[leaf] = value
+  if ceiling:
+    config.pretrained = ""
+    # From random init the encoder must learn at the head's rate (finetuning a pretrained
+    # encoder scales it down).
+    config.optim.encoder_lr_scale = 1.0
   return config
+
+
+# Fields that change how a run looks, not what it computes: left out of the config hash.
+_COSMETIC = ("progress_bar", "tensorboard", "log_every", "checkpoint_every",
+             "keep_checkpoints", "num_figures", "inner_progress_bars", "records_dir",
+             "report_path", "tables", "seeds")
+
+
+def _strip(tree):
+  if isinstance(tree, dict):
+    return {k: _strip(v) for k, v in sorted(tree.items()) if k not in _COSMETIC}
+  if isinstance(tree, (list, tuple)):
+    return [_strip(v) for v in tree]
+  return tree
+
+
+def make_fingerprint(study, pretrain, probe, ceiling):
+  """run -> sha256 (16 hex digits) of everything that determines its result: the run, the
+  pretraining config, the probe config it uses and the study's budget fields."""
+  def fingerprint(run: study_lib.Run) -> str:
+    used = ceiling if run.variant == study_lib.SUPERVISED else probe
+    blob = json.dumps(_strip(dict(run=dataclasses.asdict(run), study=study.to_dict(),
+                                  pretrain=pretrain.to_dict(), probe=used.to_dict())),
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprint
 
 
 def fit_prior(spec: dict, pretrain_config, seed: int, path: str) -> dict:
@@ -123,15 +164,21 @@ def pretrain_dir_of(run: study_lib.Run, workdir: str) -> str:
 
 
 def offset_quality(run: study_lib.Run, workdir: str) -> dict:
-  """The last offset-quality figures of the run's pretraining ({} when none were logged)."""
+  """The offset-quality figures of the run's pretraining, last record and `*_start` from the
+  step-0 record ({} when none were logged)."""
   from pointins_jax.pointins import monitor  # pylint: disable=import-outside-toplevel
-  final = monitor.final(pretrain_dir_of(run, workdir)) or {}
-  return {k: final[k] for k in study_lib.OFFSET_QUALITY if k in final}
+  records = monitor.history(pretrain_dir_of(run, workdir))
+  if not records:
+    return {}
+  out = {f"{k}_start": float(records[0][k]) for k in monitor.KEYS}
+  out.update({k: float(records[-1][k]) for k in monitor.KEYS})
+  return {k: v for k, v in out.items() if k in study_lib.OFFSET_QUALITY}
 
 
 def make_runner(study, workdir: str):
   """(run, run_dir) -> metrics, the real runner of `study_lib.execute`."""
   pretrain, probe = pretrain_base(study), probe_base(study)
+  ceiling = probe_base(study, ceiling=True)
 
   def runner(run: study_lib.Run, run_dir: str) -> dict:
     if run.kind == "unsup":
@@ -143,17 +190,18 @@ def make_runner(study, workdir: str):
       metrics["PointINS"].update(offset_quality(run, workdir))  # the offsets it grouped
       return metrics
     from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
-    config = probe.copy_and_resolve_references()
+    supervised = run.variant == study_lib.SUPERVISED
+    config = (ceiling if supervised else probe).copy_and_resolve_references()
     config.seed = run.seed
     config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
     record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
     metrics = {k: float(record[k]) for k in study_lib.PROBE_METRICS[config.task]}
-    if not run.pretrained and pretrain.train.eval_every > 0:
+    if run.variant == study_lib.RANDOM_INIT and pretrain.train.eval_every > 0:
       ensure_export(run, pretrain, workdir)  # scores the random-init offsets (the floor)
     metrics.update(offset_quality(run, workdir))
     return metrics
 
-  return runner, pretrain, probe
+  return runner, pretrain, probe, ceiling
 
 
 def main(argv):
@@ -165,17 +213,25 @@ def main(argv):
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Seeds of one variant compile the same programs: a persistent cache compiles each once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-  runner, pretrain, probe = make_runner(study, workdir)
+  runner, pretrain, probe, ceiling = make_runner(study, workdir)
   plan = study_lib.make_plan(study, pretrain, probe.task)
+  records_dir, report_path = (_in_repo(study.records_dir), _in_repo(study.report_path))
+  fingerprint = make_fingerprint(study, pretrain, probe, ceiling)
   if _REPORT_ONLY.value:
-    records = study_lib.finished(plan, workdir)
+    records = study_lib.finished(plan, workdir, records_dir, fingerprint, print)
   else:
-    records = study_lib.execute(plan, workdir, runner)
+    records = study_lib.execute(plan, workdir, runner, records_dir=records_dir,
+                                fingerprint=fingerprint)
   model = pretrain.model
   budget = {
       "pretraining": f"{study.pretrain_steps} steps x batch {study.batch_size} "
                      f"({study.pretrain_config})",
-      "probe": f"{study.probe_steps} steps x batch {study.batch_size} ({study.probe_config})",
+      "probe": f"{study.probe_steps} steps x batch {study.batch_size} ({study.probe_config}"
+               + (f", overrides {list(study.probe_overrides)}" if study.probe_overrides else "")
+               + ")",
+      "supervised ceiling": f"{study.ceiling_steps} steps x batch {study.batch_size} "
+                            f"({study.ceiling_probe_config}, random init, encoder at the "
+                            "head's learning rate)",
       "scenes": f"{study.num_scenes} synthetic training scenes ({pretrain.data.dataset}), "
                 f"{study.num_eval_scenes} validation scenes (probe), {study.unsup_scenes} "
                 "(Table 13)",
@@ -186,8 +242,19 @@ def main(argv):
   path = study_lib.write_report(workdir, plan, records, pretrain, budget=budget,
                                 machine=machine, wall_s=time.perf_counter() - start,
                                 robust_tolerance=float(study.robust_tolerance),
-                                title=f"PointINS synthetic-{study.kind} study")
+                                title=f"PointINS synthetic-{study.kind} study",
+                                report_path=report_path, header=(
+                                    "<!-- Generated by: python -m experiments.study "
+                                    + " ".join(sys.argv[1:]) + " (from the run records in "
+                                    f"{study.records_dir or 'WORKDIR/runs'}; do not edit) -->"))
   print(f"wrote {path}")
+
+
+def _in_repo(path: str) -> str:
+  """A relative config path taken from the repository root (not the working directory)."""
+  if not path or os.path.isabs(path):
+    return path
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ def _fake_runner(scores, calls=None):
     # Offset quality of the variant's pretraining (metres / fractions), as experiments.study.
     offsets = dict(offset_dist_median=0.12 + 0.01 * run.seed, offset_dist_mean=0.2,
                    offset_baseline_median=0.4, offset_closer_fraction=0.7,
-                   offset_unsup_AP25=0.3)
+                   offset_unsup_AP25=0.3, offset_dist_median_start=0.4,
+                   offset_closer_fraction_start=0.5)
     if run.kind == "unsup":
       pointins = 0.3 if run.variant == study.POINTINS else 0.05
       return {"PointINS": dict(mAP=pointins, AP50=pointins, AP25=pointins, **offsets),
               "HDBSCAN": dict(mAP=0.2, AP50=0.3, AP25=0.4),
-              "Felzenszwalb": dict(mAP=0.1, AP50=0.2, AP25=0.3)}
+              "Felzenszwalb": dict(mAP=0.1, AP50=0.2, AP25=0.3),
+              "Oracle": dict(mAP=0.9, AP50=0.95, AP25=0.97)}
     value = scores.get(run.variant, 0.2) + 0.01 * run.seed
     return dict(mIoU=value, mAP=value, AP50=value + 0.1, AP25=value + 0.2, **offsets)
 
@@ -52,11 +54,16 @@ def test_shared_rows_are_one_run():
   assert rows["table5"]["No regularisation (no ODR)"] == rows["table3"]["+ SCR"]
   assert all(t.rows[0].variant == study.RANDOM_INIT for t in plan.tables if t.key != "table13")
   probe_variants = {r.variant for r in plan.runs if r.kind == "probe"}
-  # random, dos, offset-only, odr-only, scr-only, pointins, lognormal, 2 fitted, 2 layouts,
-  # 2 warm-ups: 13 variants x 2 seeds, plus 2 unsup x 2 seeds.
-  assert len(probe_variants) == 13
-  assert len(plan.runs) == 13 * 2 + 2 * 2
-  assert [r.seed for r in plan.runs[:13]] == [0] * 13  # seed-major
+  # random, dos, offset-only, odr-only, scr-only, pointins, supervised ceiling, lognormal,
+  # 2 fitted, 2 layouts, 2 warm-ups: 14 variants x 2 seeds, plus 2 unsup x 2 seeds.
+  assert len(probe_variants) == 14
+  assert len(plan.runs) == 14 * 2 + 2 * 2
+  assert [r.seed for r in plan.runs[:14]] == [0] * 14  # seed-major
+  # Every probe table ends with the ceiling, Table 13 with ground-truth offsets.
+  assert all(t.rows[-1].variant == study.SUPERVISED for t in plan.tables if t.key != "table13")
+  assert plan.tables[-1].rows[-1].method == "Oracle"
+  ceiling = [r for r in plan.runs if r.variant == study.SUPERVISED]
+  assert ceiling and not any(r.pretrained for r in ceiling)
 
 
 def test_outdoor_gamma_differs_lognormal_is_base():
@@ -106,17 +113,57 @@ def test_claims_agree_when_pointins_wins(tmp_path):
   # Priors: pointins 0.5 vs the rest 0.2 -> spread 0.3 > tolerance.
   robust = [v for k, v in verdicts.items() if "robust" in k]
   assert robust == ["disagrees"]
-  assert [v for k, v in verdicts.items() if "robust" not in k] == ["agrees"] * 7
+  assert [v for k, v in verdicts.items() if "robust" not in k] == ["agrees"] * 8
 
 
 def test_claims_disagree_and_inconclusive(tmp_path):
+  # The ceiling (supervised, default 0.2) ties the floor (random init, 0.2): the metric
+  # does not resolve differences, so ties stay inconclusive.
   verdicts = list(_claims(tmp_path, {study.POINTINS: 0.2, "dos": 0.5, "odr=0": 0.2},
                           tables="table3+table5").values())
   # over DOS: loses; over random init (0.2): ties; semantics below DOS; regularisers: ties
   # with SCR-only (within noise) and loses to none.
   assert verdicts[:4] == ["disagrees", "inconclusive", "disagrees", "inconclusive"]
   assert verdicts[4] == "agrees"  # every prior scores 0.2 (+ seed) -> robust
-  assert verdicts[5:] == ["not run", "not run", "not run"]
+  assert verdicts[5:] == ["not run"] * 4
+
+
+def test_ties_disagree_when_the_ceiling_clears_the_floor(tmp_path):
+  """A claimed gain that is absent where the ceiling shows the metric can see one is not
+  reproduced: 'disagrees', not 'inconclusive'."""
+  plan, base = _plan(tables="table3+table13", seeds=2)
+  scores = {study.POINTINS: 0.0, "dos": 0.0, study.RANDOM_INIT: 0.0, study.SUPERVISED: 0.6}
+  records = study.execute(plan, str(tmp_path), _fake_runner(scores), progress=False,
+                          log=lambda *_: None)
+  claims = {c.text: c for c in study.claims(plan, study.aggregate(plan, records), base,
+                                            robust_tolerance=0.05)}
+  over_dos = claims["The offset branch with ODR and SCR improves instance metrics over DOS."]
+  assert over_dos.verdict == "disagrees"
+  assert "(disagrees)" in over_dos.evidence and "resolves differences" in over_dos.evidence
+  # The same zeros with the ceiling at the floor are inconclusive.
+  scores[study.SUPERVISED] = 0.0
+  records = study.execute(plan, str(tmp_path / "flat"), _fake_runner(scores),
+                          progress=False, log=lambda *_: None)
+  flat = {c.text: c for c in study.claims(plan, study.aggregate(plan, records), base,
+                                          robust_tolerance=0.05)}
+  assert flat[over_dos.text].verdict == "inconclusive"
+  # Table 13: ground-truth offsets (0.9) clear random-init offsets (0.05); pretrained
+  # offsets (0.3) beat random-init ones and HDBSCAN (0.2) / Felzenszwalb (0.1).
+  assert flat["Pretrained PointINS offsets beat the offsets of a random-init network."
+              ].verdict == "agrees"
+
+
+def test_claim_verdict_and_evidence_agree(tmp_path):
+  """The 'preserves semantics' claim: its evidence must say what the verdict says."""
+  plan, base = _plan(tables="table3", seeds=2)
+  for dos, verdict, phrase in ((0.2, "agrees", "not below DOS"), (0.6, "disagrees",
+                                                                   "below DOS by more")):
+    records = study.execute(plan, str(tmp_path / str(dos)), _fake_runner(
+        {study.POINTINS: 0.3, "dos": dos}), progress=False, log=lambda *_: None)
+    claim = next(c for c in study.claims(plan, study.aggregate(plan, records), base,
+                                         robust_tolerance=0.05) if "preserves" in c.text)
+    assert claim.verdict == verdict and phrase in claim.evidence
+    assert "disagrees" not in claim.evidence and "agrees" not in claim.evidence
 
 
 def test_report(tmp_path):
@@ -133,10 +180,33 @@ def test_report(tmp_path):
   # Every table shows each row's final offset quality (median 12 / 13 cm over the seeds);
   # rows without offsets (the baselines of Table 13) read n/a.
   assert text.count("Offset quality at the end") == len(study.TABLES)
-  assert "| + ODR + SCR (PointINS) | 12.5 ± 0.7 | 20.0 ± 0.0 | 40.0 ± 0.0 | 70.0 ± 0.0 |" in text
-  assert "| HDBSCAN | n/a | n/a | n/a | n/a | n/a | 0 |" in text
+  assert ("| + ODR + SCR (PointINS) | 40.0 ± 0.0 | 12.5 ± 0.7 | 20.0 ± 0.0 | 40.0 ± 0.0 | "
+          "50.0 ± 0.0 | 70.0 ± 0.0 |") in text
+  assert "| HDBSCAN | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0 |" in text
+  assert "Supervised ceiling" in text and "Ground-truth offsets (ceiling)" in text
   for table in study.TABLES:
     assert os.path.getsize(tmp_path / "figures" / f"{table}.png") > 1000
+
+
+def test_records_dir_and_config_hash(tmp_path):
+  """Records in a committed folder let a fresh workdir continue; a changed config redoes."""
+  plan, _ = _plan(tables="table3", seeds=1)
+  calls, records_dir = [], str(tmp_path / "docs_records")
+  runner = _fake_runner({}, calls)
+  hashes = {r.name: "a" for r in plan.runs}
+  fingerprint = lambda run: hashes[run.name]  # noqa: E731
+  study.execute(plan, str(tmp_path / "w1"), runner, records_dir=records_dir,
+                fingerprint=fingerprint, progress=False, log=lambda *_: None)
+  assert sorted(os.listdir(records_dir)) == sorted(f"{r.name}.json" for r in plan.runs)
+  calls.clear()
+  study.execute(plan, str(tmp_path / "fresh"), runner, records_dir=records_dir,
+                fingerprint=fingerprint, progress=False, log=lambda *_: None)
+  assert not calls  # a fresh workdir (checkout) continues from the records
+  hashes[plan.runs[1].name] = "b"
+  said = []
+  study.execute(plan, str(tmp_path / "fresh"), runner, records_dir=records_dir,
+                fingerprint=fingerprint, progress=False, log=said.append)
+  assert calls == [plan.runs[1].name] and "another config" in said[0]
 
 
 def test_finished_runs_are_skipped(tmp_path):

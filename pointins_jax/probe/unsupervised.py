@@ -5,7 +5,9 @@ inference, `inference.full_scan_predictions`); points are shifted by them, and c
 components of the radius graph over the shifted points (class-agnostic, `grouping.
 offset_components`) are the instances. They are scored with the class-agnostic Hungarian AP
 (`metrics.unsupervised`) next to two classical baselines on the raw coordinates: HDBSCAN
-and Felzenszwalb graph segmentation (`metrics.baselines`).
+and Felzenszwalb graph segmentation (`metrics.baselines`), and the pipeline's ceiling:
+ground-truth offsets (`probe.oracle`) through the same grouping ("Oracle"), which tells a
+grouping that cannot find instances from offsets that do not point at them.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from pointins_jax.model import configs as model_configs
 from pointins_jax.pointins import train as pointins_train
 from pointins_jax.probe import grouping
 from pointins_jax.probe import inference
+from pointins_jax.probe import oracle
 
-METHODS = ("PointINS", "HDBSCAN", "Felzenszwalb")
+METHODS = ("PointINS", "HDBSCAN", "Felzenszwalb", "Oracle")
 SYNTHETIC = ("synthetic-indoor", "synthetic-outdoor")
 
 
@@ -125,9 +128,11 @@ def run(export_dir: str, data: str, *, out_dir: str, num_scenes: Optional[int] =
     offsets = inference.full_scan_predictions(scene, data_config, apply_fn,
                                               batch_size=batch_size,
                                               stage_capacities_fn=capacities)["offsets"]
-    predicted = {"PointINS": pointins_instances(scene, offsets, voxel_size=voxel_size,
-                                                radius=radius, k_neighbors=k_neighbors)}
+    group = functools.partial(pointins_instances, scene, voxel_size=voxel_size, radius=radius,
+                              k_neighbors=k_neighbors)
+    predicted = {"PointINS": group(offsets)}
     predicted.update({name: fn(scene) for name, fn in methods.items()})
+    predicted["Oracle"] = group(oracle.oracle_offsets(scene))
     for name, ids in predicted.items():
       evaluators[name].add_scene(scene.instance, ids)
     if i == 0:

@@ -75,8 +75,12 @@ class Summary:
   def add(self, split: str, loaded: LoadedScene):
     scene = loaded.scene
     row = self.rows.setdefault(split, {"scenes": 0, "points": 0, "classes": set(),
-                                       "instances": 0, "dropped": 0})
+                                       "instances": 0, "dropped": 0, "boxes": 0,
+                                       "box_scenes": 0})
     row["scenes"] += 1
+    if scene.boxes is not None:
+      row["boxes"] += len(scene.boxes)
+      row["box_scenes"] += 1
     row["points"] += scene.num_points
     row["dropped"] += loaded.dropped
     if scene.segment is not None:
@@ -106,6 +110,10 @@ class Summary:
       lines.append(f"{split:<6} {row['scenes']:>7} {row['points']:>12} "
                    f"{len(row['classes']):>4}/{self.num_classes:<3} {row['instances']:>10} "
                    f"{row['dropped']:>8}")
+    for split, row in sorted(self.rows.items()):
+      if row["box_scenes"]:
+        lines.append(f"{split}: {row['boxes']} detection boxes in {row['box_scenes']} of "
+                     f"{row['scenes']} scenes (box_*.npy)")
     if any(row["dropped"] for row in self.rows.values()):
       lines.append("dropped: points removed for non-finite (NaN/inf) coordinates")
     stats = self.offset_statistics()
@@ -163,7 +171,7 @@ def _main(argv: Sequence[str]) -> int:
     for note in scene_notes(loaded, min_points):
       tqdm.tqdm.write(f"prepare_data: warning: {note}", file=sys.stderr)
     pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
-                             loaded.extra_segments)
+                             loaded.extra_segments, loaded.box_num_points)
     summary.add(source.split, loaded)
   print(summary.table())
   return 0

@@ -10,6 +10,16 @@ scripts write for ScanNet, ScanNet200, S3DIS and Structured3D, and what
   strength.npy  float32 [N] or [N, 1] LiDAR intensity in [0,1] optional
   segment.npy / segment20.npy / segment200.npy  int [N], -1 = ignore
   instance.npy  int [N], -1 = no instance                     optional
+
+Detection boxes (`boxes.Boxes`, one row per box, in the scene's frame), optional:
+
+  box_center.npy float32 [M, 3] m; box_size.npy float32 [M, 3] (length, width, height) m;
+  box_yaw.npy float32 [M] rad; box_label.npy int [M] (index into DETECTION_CLASSES)
+      -- these four together or not at all (M = 0 rows: annotated, no objects)
+  box_velocity.npy float32 [M, 2] m/s       optional
+  box_attribute.npy int [M], -1 = none      optional
+  box_num_points.npy int [M]                optional: annotated LiDAR points per box
+                                            (nuScenes num_lidar_pts; written by prepare_data)
 """
 from __future__ import annotations
 
@@ -20,23 +30,51 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from pointins_jax.data import labels
+from pointins_jax.data.boxes import BOX_FILES, BoxError, Boxes
 from pointins_jax.data.scene import Scene, SceneError
 
 # Used when read_scene is not told the dataset: the first that exists is `segment`.
 _DEFAULT_SEGMENT_FILES = ("segment.npy", "segment20.npy", "segment200.npy")
+_REQUIRED_BOX_FIELDS = ("center", "size", "yaw", "label")
+# Optional per-box extra: points of the sweep annotated inside each box (nuScenes
+# num_lidar_pts; its official evaluation drops ground-truth boxes with no LiDAR/radar point).
+BOX_NUM_POINTS_FILE = "box_num_points.npy"
 
 
 def write_scene(scene: Scene, folder: str,
-                extra_segments: Optional[Mapping[str, np.ndarray]] = None) -> None:
+                extra_segments: Optional[Mapping[str, np.ndarray]] = None,
+                box_num_points: Optional[np.ndarray] = None) -> None:
   """Writes `scene` as one Pointcept folder (created if needed).
 
   Args:
-    scene: the scene; absent (None) attributes are not written.
+    scene: the scene; absent (None) attributes are not written. Its boxes, when present,
+      go to box_*.npy (module docstring); box files left in `folder` by an earlier write
+      that this scene does not have are removed, so a re-write cannot mix old boxes in.
     folder: output folder, e.g. OUT/train/scene0000_00.
     extra_segments: more label files, e.g. {"segment20": s20, "segment200": s200}
       (int [N] each), written as `<key>.npy` next to `segment.npy`.
+    box_num_points: int [M] annotated points per box (box_num_points.npy), or None.
   """
   os.makedirs(folder, exist_ok=True)
+  box_arrays = {name: None for name in (*BOX_FILES.values(), BOX_NUM_POINTS_FILE)}
+  if scene.boxes is not None:
+    for field, name in BOX_FILES.items():
+      box_arrays[name] = getattr(scene.boxes, field)
+    if box_num_points is not None:
+      box_num_points = np.asarray(box_num_points)
+      if (box_num_points.shape != (len(scene.boxes),)
+          or not np.issubdtype(box_num_points.dtype, np.integer)):
+        raise SceneError(f"{folder}: box_num_points must be int [{len(scene.boxes)}] (one "
+                         f"per box), got {box_num_points.dtype} {box_num_points.shape}.")
+      box_arrays[BOX_NUM_POINTS_FILE] = box_num_points.astype(np.int32)
+  elif box_num_points is not None:
+    raise SceneError(f"{folder}: box_num_points given but the scene has no boxes.")
+  for name, value in box_arrays.items():
+    path = os.path.join(folder, name)
+    if value is not None:
+      np.save(path, value)
+    elif os.path.isfile(path):
+      os.remove(path)
   arrays = {"coord": scene.coord, "color": scene.color, "normal": scene.normal,
             "strength": scene.strength, "segment": scene.segment, "instance": scene.instance}
   for key, value in dict(extra_segments or {}).items():
@@ -111,10 +149,57 @@ def read_scene(folder: str, dataset: Optional[str] = None) -> Scene:
                      f"got [{strength.min()}, {strength.max()}]; divide raw 0..255 "
                      "intensities by 255.")
   scene = Scene(coord=coord, name=os.path.basename(os.path.normpath(folder)), source=folder,
-                **values)
+                boxes=read_boxes(folder), **values)
   if info is not None:
     scene.validate(num_classes=info.num_classes)
   return scene
+
+
+def read_boxes(folder: str) -> Optional[Boxes]:
+  """The scene's boxes from box_*.npy (module docstring), or None when it has none.
+
+  Raises:
+    SceneError: some but not all of box_center/size/yaw/label exist (naming the missing
+      files), or a box file is unreadable or malformed (naming it).
+  """
+  present = {field: os.path.isfile(os.path.join(folder, BOX_FILES[field]))
+             for field in BOX_FILES}
+  if not any(present[field] for field in _REQUIRED_BOX_FIELDS):
+    extra = [BOX_FILES[f] for f in ("velocity", "attribute") if present[f]]
+    if extra or os.path.isfile(os.path.join(folder, BOX_NUM_POINTS_FILE)):
+      raise SceneError(f"{folder}: has {', '.join(extra) or BOX_NUM_POINTS_FILE} but no "
+                       "box_center/size/yaw/label.npy; write the boxes together or delete "
+                       "the stray file.")
+    return None
+  missing = [BOX_FILES[field] for field in _REQUIRED_BOX_FIELDS if not present[field]]
+  if missing:
+    raise SceneError(f"{os.path.join(folder, missing[0])}: missing; boxes need "
+                     f"{', '.join(BOX_FILES[f] for f in _REQUIRED_BOX_FIELDS)} together "
+                     f"(missing: {', '.join(missing)}). Rerun experiments.prepare_data.")
+  values = {field: _load(os.path.join(folder, BOX_FILES[field]), required=False)
+            for field in BOX_FILES}
+  for field, value in values.items():
+    if value is not None and value.ndim == 0:
+      raise SceneError(f"{os.path.join(folder, BOX_FILES[field])}: a 0-d array; box files "
+                       "hold one row per box.")
+  # Validation (shapes agree, finite, sizes > 0, ids in range) names the file; Scene
+  # re-validates it with the scene's name.
+  try:
+    return Boxes(**values).validate(source=folder)
+  except BoxError as error:
+    raise SceneError(str(error)) from error
+
+
+def read_box_num_points(folder: str, num_boxes: int) -> Optional[np.ndarray]:
+  """int32 [M] box_num_points.npy of a scene folder, or None when absent."""
+  path = os.path.join(folder, BOX_NUM_POINTS_FILE)
+  value = _load(path, required=False)
+  if value is None:
+    return None
+  if value.shape != (num_boxes,) or not np.issubdtype(value.dtype, np.integer):
+    raise SceneError(f"{path}: must be int [{num_boxes}] (one per box), got {value.dtype} "
+                     f"{value.shape}.")
+  return value.astype(np.int32)
 
 
 def list_scenes(root: str, split: str) -> list[str]:
@@ -141,11 +226,14 @@ class LoadedScene:
     dropped: points removed on purpose (NaN/inf coordinates), reported by prepare_data.
     warnings: labels lost on the way, one line each naming the file and what was lost
       (printed by prepare_data).
+    box_num_points: int [M] annotated LiDAR points per box of `scene.boxes`
+      (box_num_points.npy), or None.
   """
   scene: Scene
   extra_segments: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   dropped: int = 0
   warnings: tuple[str, ...] = ()
+  box_num_points: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass(frozen=True)

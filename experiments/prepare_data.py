@@ -38,8 +38,11 @@ def _synthetic_indoor(seed: int, small: bool) -> LoadedScene:
 
 
 def _synthetic_outdoor(seed: int, beams: int, small: bool) -> LoadedScene:
-  return LoadedScene(synthetic_outdoor.generate_sweep(
-      seed, beams=beams, azimuth_steps=256 if small else None))
+  scene = synthetic_outdoor.generate_sweep(seed, beams=beams,
+                                           azimuth_steps=256 if small else None)
+  # Box k encloses instance k: its point count is that instance's.
+  counts = np.bincount(scene.instance[scene.instance >= 0], minlength=len(scene.boxes))
+  return LoadedScene(scene, box_num_points=counts.astype(np.int32))
 
 
 def synthetic_scenes(args) -> list[SourceScene]:

@@ -42,7 +42,7 @@ def _synthetic_outdoor(seed: int, beams: int, small: bool) -> LoadedScene:
                                            azimuth_steps=256 if small else None)
   # Box k encloses instance k: its point count is that instance's.
   counts = np.bincount(scene.instance[scene.instance >= 0], minlength=len(scene.boxes))
-  return LoadedScene(scene, box_num_points=counts.astype(np.int32))
+  return LoadedScene(scene, box_extras={"num_points": counts.astype(np.int32)})
 
 
 def synthetic_scenes(args) -> list[SourceScene]:
@@ -79,11 +79,12 @@ class Summary:
     scene = loaded.scene
     row = self.rows.setdefault(split, {"scenes": 0, "points": 0, "classes": set(),
                                        "instances": 0, "dropped": 0, "boxes": 0,
-                                       "box_scenes": 0})
+                                       "box_scenes": 0, "boxes_skipped": 0})
     row["scenes"] += 1
     if scene.boxes is not None:
       row["boxes"] += len(scene.boxes)
       row["box_scenes"] += 1
+    row["boxes_skipped"] += loaded.boxes_skipped
     row["points"] += scene.num_points
     row["dropped"] += loaded.dropped
     if scene.segment is not None:
@@ -116,7 +117,8 @@ class Summary:
     for split, row in sorted(self.rows.items()):
       if row["box_scenes"]:
         lines.append(f"{split}: {row['boxes']} detection boxes in {row['box_scenes']} of "
-                     f"{row['scenes']} scenes (box_*.npy)")
+                     f"{row['scenes']} scenes (box_*.npy); {row['boxes_skipped']} "
+                     "annotations skipped (category without a detection class)")
     if any(row["dropped"] for row in self.rows.values()):
       lines.append("dropped: points removed for non-finite (NaN/inf) coordinates")
     stats = self.offset_statistics()
@@ -174,7 +176,7 @@ def _main(argv: Sequence[str]) -> int:
     for note in scene_notes(loaded, min_points):
       tqdm.tqdm.write(f"prepare_data: warning: {note}", file=sys.stderr)
     pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
-                             loaded.extra_segments, loaded.box_num_points)
+                             loaded.extra_segments, loaded.box_extras)
     summary.add(source.split, loaded)
   print(summary.table())
   return 0

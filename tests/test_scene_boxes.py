@@ -49,7 +49,8 @@ def test_subset_keeps_every_box():
 def test_round_trip_with_boxes(tmp_path, with_extras):
   scene = _scene(_boxes(with_extras))
   folder = str(tmp_path / "train" / "s")
-  pointcept_io.write_scene(scene, folder, box_num_points=np.array([12, 0]))
+  pointcept_io.write_scene(scene, folder, box_extras={"num_points": np.array([12, 0]),
+                                                 "velocity_known": np.array([True, False])})
   back = pointcept_io.read_scene(folder)
   for field in BOX_FILES:
     expected = getattr(scene.boxes, field)
@@ -59,13 +60,15 @@ def test_round_trip_with_boxes(tmp_path, with_extras):
     else:
       np.testing.assert_array_equal(getattr(back.boxes, field), expected)
       assert getattr(back.boxes, field).dtype == expected.dtype
-  np.testing.assert_array_equal(pointcept_io.read_box_num_points(folder, 2), [12, 0])
+  extras = pointcept_io.read_box_extras(folder, 2)
+  np.testing.assert_array_equal(extras["num_points"], [12, 0])
+  np.testing.assert_array_equal(extras["velocity_known"], [True, False])
   np.testing.assert_array_equal(back.coord, scene.coord)
 
 
 def test_round_trip_without_and_with_zero_boxes(tmp_path):
   folder = str(tmp_path / "s")
-  pointcept_io.write_scene(_scene(_boxes()), folder, box_num_points=np.array([1, 2]))
+  pointcept_io.write_scene(_scene(_boxes()), folder, box_extras={"num_points": np.array([1, 2])})
   pointcept_io.write_scene(_scene(None), folder)  # re-write: the old box files must go
   assert pointcept_io.read_scene(folder).boxes is None
   assert not any(name.startswith("box_") for name in os.listdir(folder))
@@ -110,7 +113,7 @@ def test_bad_box_files_name_the_file(tmp_path, case):
   elif case == "num_points":
     np.save(folder / "box_num_points.npy", np.int32([1, 2, 3]))
     with pytest.raises(SceneError, match=expected):
-      pointcept_io.read_box_num_points(str(folder), 2)
+      pointcept_io.read_box_extras(str(folder), 2)
     return
   with pytest.raises(SceneError, match=expected):
     pointcept_io.read_scene(str(folder))

@@ -108,6 +108,6 @@ def test_loader_synthetic_source_and_prepared_folders_have_boxes(tmp_path):
                             "--val-fraction", "0", "--small"]) == 0
   [folder] = pointcept_io.list_scenes(out, "train")
   back = pointcept_io.read_scene(folder, "synthetic-outdoor")
-  counts = pointcept_io.read_box_num_points(folder, len(back.boxes))
+  counts = pointcept_io.read_box_extras(folder, len(back.boxes))["num_points"]
   np.testing.assert_array_equal(counts, np.bincount(back.instance[back.instance >= 0]))
   assert counts.min() >= 1

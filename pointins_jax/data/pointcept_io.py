@@ -18,8 +18,15 @@ Detection boxes (`boxes.Boxes`, one row per box, in the scene's frame), optional
       -- these four together or not at all (M = 0 rows: annotated, no objects)
   box_velocity.npy float32 [M, 2] m/s       optional
   box_attribute.npy int [M], -1 = none      optional
-  box_num_points.npy int [M]                optional: annotated LiDAR points per box
-                                            (nuScenes num_lidar_pts; written by prepare_data)
+  box_num_points.npy int [M]                optional: LiDAR points in each box (nuScenes
+                                            num_lidar_pts; synthetic: the instance's points)
+  box_num_radar_points.npy int [M]          optional: nuScenes num_radar_pts
+  box_velocity_known.npy bool [M]           optional: False where box_velocity.npy holds
+                                            0 for an unknown velocity (nuScenes NaN)
+The last three are per-box extras outside `Boxes` (`BOX_EXTRA_FILES`): nuScenes'
+evaluation drops ground-truth boxes with num_lidar_pts + num_radar_pts == 0 and leaves
+unknown velocities out of AVE; they are written by prepare_data and read with
+`read_box_extras`.
 """
 from __future__ import annotations
 
@@ -36,14 +43,15 @@ from pointins_jax.data.scene import Scene, SceneError
 # Used when read_scene is not told the dataset: the first that exists is `segment`.
 _DEFAULT_SEGMENT_FILES = ("segment.npy", "segment20.npy", "segment200.npy")
 _REQUIRED_BOX_FIELDS = ("center", "size", "yaw", "label")
-# Optional per-box extra: points of the sweep annotated inside each box (nuScenes
-# num_lidar_pts; its official evaluation drops ground-truth boxes with no LiDAR/radar point).
-BOX_NUM_POINTS_FILE = "box_num_points.npy"
+# Optional per-box extras (module docstring): key -> (file, numpy dtype kind).
+BOX_EXTRA_FILES = {"num_points": ("box_num_points.npy", np.integer),
+                   "num_radar_points": ("box_num_radar_points.npy", np.integer),
+                   "velocity_known": ("box_velocity_known.npy", np.bool_)}
 
 
 def write_scene(scene: Scene, folder: str,
                 extra_segments: Optional[Mapping[str, np.ndarray]] = None,
-                box_num_points: Optional[np.ndarray] = None) -> None:
+                box_extras: Optional[Mapping[str, np.ndarray]] = None) -> None:
   """Writes `scene` as one Pointcept folder (created if needed).
 
   Args:
@@ -53,22 +61,26 @@ def write_scene(scene: Scene, folder: str,
     folder: output folder, e.g. OUT/train/scene0000_00.
     extra_segments: more label files, e.g. {"segment20": s20, "segment200": s200}
       (int [N] each), written as `<key>.npy` next to `segment.npy`.
-    box_num_points: int [M] annotated points per box (box_num_points.npy), or None.
+    box_extras: per-box arrays [M] keyed as `BOX_EXTRA_FILES`, or None.
   """
   os.makedirs(folder, exist_ok=True)
-  box_arrays = {name: None for name in (*BOX_FILES.values(), BOX_NUM_POINTS_FILE)}
+  box_arrays = {name: None for name in BOX_FILES.values()}
+  box_arrays.update({name: None for name, _ in BOX_EXTRA_FILES.values()})
   if scene.boxes is not None:
     for field, name in BOX_FILES.items():
       box_arrays[name] = getattr(scene.boxes, field)
-    if box_num_points is not None:
-      box_num_points = np.asarray(box_num_points)
-      if (box_num_points.shape != (len(scene.boxes),)
-          or not np.issubdtype(box_num_points.dtype, np.integer)):
-        raise SceneError(f"{folder}: box_num_points must be int [{len(scene.boxes)}] (one "
-                         f"per box), got {box_num_points.dtype} {box_num_points.shape}.")
-      box_arrays[BOX_NUM_POINTS_FILE] = box_num_points.astype(np.int32)
-  elif box_num_points is not None:
-    raise SceneError(f"{folder}: box_num_points given but the scene has no boxes.")
+  for key, value in dict(box_extras or {}).items():
+    if key not in BOX_EXTRA_FILES:
+      raise SceneError(f"{folder}: unknown box extra {key!r}; known: "
+                       f"{sorted(BOX_EXTRA_FILES)}.")
+    name, kind = BOX_EXTRA_FILES[key]
+    if scene.boxes is None:
+      raise SceneError(f"{folder}: box extra {key!r} given but the scene has no boxes.")
+    value = np.asarray(value)
+    if value.shape != (len(scene.boxes),) or not np.issubdtype(value.dtype, kind):
+      raise SceneError(f"{folder}: box extra {key!r} must be {kind.__name__} "
+                       f"[{len(scene.boxes)}] (one per box), got {value.dtype} {value.shape}.")
+    box_arrays[name] = value
   for name, value in box_arrays.items():
     path = os.path.join(folder, name)
     if value is not None:
@@ -166,8 +178,10 @@ def read_boxes(folder: str) -> Optional[Boxes]:
              for field in BOX_FILES}
   if not any(present[field] for field in _REQUIRED_BOX_FIELDS):
     extra = [BOX_FILES[f] for f in ("velocity", "attribute") if present[f]]
-    if extra or os.path.isfile(os.path.join(folder, BOX_NUM_POINTS_FILE)):
-      raise SceneError(f"{folder}: has {', '.join(extra) or BOX_NUM_POINTS_FILE} but no "
+    extra += [name for name, _ in BOX_EXTRA_FILES.values()
+              if os.path.isfile(os.path.join(folder, name))]
+    if extra:
+      raise SceneError(f"{folder}: has {', '.join(extra)} but no "
                        "box_center/size/yaw/label.npy; write the boxes together or delete "
                        "the stray file.")
     return None
@@ -190,16 +204,23 @@ def read_boxes(folder: str) -> Optional[Boxes]:
     raise SceneError(str(error)) from error
 
 
-def read_box_num_points(folder: str, num_boxes: int) -> Optional[np.ndarray]:
-  """int32 [M] box_num_points.npy of a scene folder, or None when absent."""
-  path = os.path.join(folder, BOX_NUM_POINTS_FILE)
-  value = _load(path, required=False)
-  if value is None:
-    return None
-  if value.shape != (num_boxes,) or not np.issubdtype(value.dtype, np.integer):
-    raise SceneError(f"{path}: must be int [{num_boxes}] (one per box), got {value.dtype} "
-                     f"{value.shape}.")
-  return value.astype(np.int32)
+def read_box_extras(folder: str, num_boxes: int) -> dict[str, np.ndarray]:
+  """The per-box extras present in a scene folder, {key: [M] array} (`BOX_EXTRA_FILES`).
+
+  Raises:
+    SceneError: naming the file when it is not one value of the right kind per box.
+  """
+  out = {}
+  for key, (name, kind) in BOX_EXTRA_FILES.items():
+    path = os.path.join(folder, name)
+    value = _load(path, required=False)
+    if value is None:
+      continue
+    if value.shape != (num_boxes,) or not np.issubdtype(value.dtype, kind):
+      raise SceneError(f"{path}: must be {kind.__name__} [{num_boxes}] (one per box), got "
+                       f"{value.dtype} {value.shape}.")
+    out[key] = value
+  return out
 
 
 def list_scenes(root: str, split: str) -> list[str]:
@@ -226,14 +247,16 @@ class LoadedScene:
     dropped: points removed on purpose (NaN/inf coordinates), reported by prepare_data.
     warnings: labels lost on the way, one line each naming the file and what was lost
       (printed by prepare_data).
-    box_num_points: int [M] annotated LiDAR points per box of `scene.boxes`
-      (box_num_points.npy), or None.
+    box_extras: per-box arrays of `scene.boxes` keyed as `BOX_EXTRA_FILES`.
+    boxes_skipped: annotations of the source that got no box (their category has no
+      detection class), counted by prepare_data.
   """
   scene: Scene
   extra_segments: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   dropped: int = 0
   warnings: tuple[str, ...] = ()
-  box_num_points: Optional[np.ndarray] = None
+  box_extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  boxes_skipped: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

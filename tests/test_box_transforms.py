@@ -203,7 +203,12 @@ def test_pretrain_views_and_fragments_carry_boxes():
   for view in views.fragment_views(scene, config):
     assert view["boxes_dropped"] == 0
     _check_view(view, scene)
-    _check_view(views.recentre(view, config.feat_keys), scene)
+    # An evaluation chunk (half the fragment) is re-centred: its boxes move with it.
+    half = batching.subset_view(view, view["coord"][:, 0] > 0)
+    assert len(half["boxes"]) == len(view["boxes"])  # subsets keep every box
+    moved = views.recentre(half, config.feat_keys)
+    assert np.abs(moved["coord"] - half["coord"]).max() > 1.0
+    _check_view(moved, scene)
 
 
 def test_views_without_boxes_flag_or_without_boxes():

@@ -5,6 +5,9 @@
   python -m experiments.prepare_data synthetic-outdoor --out OUT --num-scenes N [--beams 64]
   python -m experiments.prepare_data {scannet,semantickitti,nuscenes} --raw RAW --out OUT
 
+Scenes with detection boxes (synthetic-outdoor; nuscenes when RAW holds the v1.0-*
+metadata tables) also get box_*.npy (pointins_jax/data/pointcept_io.py).
+
 Prints a summary table (scenes, points, classes, instances, instance-offset magnitude
 statistics, points dropped on purpose). Exits non-zero on any error.
 """

@@ -148,6 +148,10 @@ def test_boxes_in_lidar_frame_match_independent_transforms(tmp_path):
   np.testing.assert_array_equal(loaded.box_extras["velocity_known"], [True, False, False])
   np.testing.assert_array_equal(loaded.box_extras["num_points"], [120, 0, 5])
   np.testing.assert_array_equal(loaded.box_extras["num_radar_points"], [4, 0, 1])
+  # ego_dist (devkit): BEV distance from the ego pose, global frame, by hand.
+  np.testing.assert_allclose(loaded.box_extras["ego_distance"], [
+      np.hypot(421.0 - 411.3, 1186.5 - 1180.9), np.hypot(405.0 - 411.3, 1175.0 - 1180.9),
+      np.hypot(415.0 - 411.3, 1190.0 - 1180.9)], rtol=1e-6)
   assert [DETECTION_ATTRIBUTES[a] if a >= 0 else None for a in boxes.attribute] == [
       "vehicle.moving", "pedestrian.standing", None]
   # Hand check of the frame chain on the car's front-centre point: it must land at
@@ -172,7 +176,7 @@ def test_sweep_found_by_original_file_name_and_prepare_data_writes_boxes(tmp_pat
   center, *_ = _expected("car", [2.5, 2.0])
   np.testing.assert_allclose(back.boxes.center[0], center, atol=1e-3)
   extras = pointcept_io.read_box_extras(folder, 3)
-  assert set(extras) == {"num_points", "num_radar_points", "velocity_known"}
+  assert set(extras) == {"num_points", "num_radar_points", "velocity_known", "ego_distance"}
 
 
 def test_without_tables_no_boxes(tmp_path):

@@ -30,6 +30,9 @@ only: the nuscenes-devkit is not needed. The conversion follows the devkit
   * every annotation of the sample with a detection class is kept, with its
     num_lidar_pts / num_radar_pts (`box_num_points.npy`, `box_num_radar_points.npy`):
     the official evaluation drops ground-truth boxes with no LiDAR or radar point.
+  * `box_ego_distance.npy`: the devkit's ego_dist, |(box translation - ego pose
+    translation)[:2]| in the global frame, which its class ranges filter on. It is
+    measured from the ego origin (rear axle), not the LiDAR (~1 m ahead of it).
 """
 from __future__ import annotations
 
@@ -108,7 +111,7 @@ class SampleBoxes:
   Attributes:
     boxes: `Boxes` in the LIDAR_TOP frame, velocity f32 [M, 2] m/s always present.
     extras: {"num_points": i32 [M] num_lidar_pts, "num_radar_points": i32 [M],
-      "velocity_known": bool [M]}.
+      "velocity_known": bool [M], "ego_distance": f32 [M] m}.
     skipped: annotations of the sample whose category has no detection class.
   """
   boxes: Boxes
@@ -255,9 +258,12 @@ class Metadata:
       known = bool(np.isfinite(velocity[:2]).all())
       # mmdet3d: (vx, vy, 0) rotated by the inverse ego and sensor rotations.
       velocity = to_sensor @ np.array([*velocity[:2], 0.0]) if known else np.zeros(3)
+      ego_distance = np.linalg.norm(np.asarray(ann["translation"], np.float64)[:2]
+                                    - ego_t[:2])
       rows.append((center, (length, width, height), np.arctan2(rotation[1, 0], rotation[0, 0]),
                    DETECTION_CLASSES.index(name), velocity[:2], attribute,
-                   int(ann.get("num_lidar_pts", -1)), int(ann.get("num_radar_pts", -1)), known))
+                   int(ann.get("num_lidar_pts", -1)), int(ann.get("num_radar_pts", -1)), known,
+                   ego_distance))
     m = len(rows)
     column = lambda i, dtype, shape: np.asarray([r[i] for r in rows], dtype).reshape(shape)  # pylint: disable=unnecessary-lambda-assignment
     boxes = Boxes(center=column(0, np.float32, (m, 3)), size=column(1, np.float32, (m, 3)),
@@ -267,7 +273,8 @@ class Metadata:
       boxes.validate(source=f"{source} (boxes from {os.path.dirname(self.where['sample'])})")
     except BoxError as error:  # e.g. a zero size in sample_annotation.json
       raise SceneError(str(error)) from error
-    extras = {"velocity_known": column(8, bool, (m,))}
+    extras = {"velocity_known": column(8, bool, (m,)),
+              "ego_distance": column(9, np.float32, (m,))}
     for i, key in ((6, "num_points"), (7, "num_radar_points")):
       counts = column(i, np.int32, (m,))
       if m and counts.min() >= 0:  # -1: the table has no count (older releases)

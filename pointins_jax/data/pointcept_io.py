@@ -23,7 +23,9 @@ Detection boxes (`boxes.Boxes`, one row per box, in the scene's frame), optional
   box_num_radar_points.npy int [M]          optional: nuScenes num_radar_pts
   box_velocity_known.npy bool [M]           optional: False where box_velocity.npy holds
                                             0 for an unknown velocity (nuScenes NaN)
-The last three are per-box extras outside `Boxes` (`BOX_EXTRA_FILES`): nuScenes'
+  box_ego_distance.npy float32 [M]          optional: BEV distance (m) of the box centre
+                                            from the ego pose, as nuScenes' class ranges use
+The last four are per-box extras outside `Boxes` (`BOX_EXTRA_FILES`): nuScenes'
 evaluation drops ground-truth boxes with num_lidar_pts + num_radar_pts == 0 and leaves
 unknown velocities out of AVE; they are written by prepare_data and read with
 `read_box_extras`.
@@ -46,7 +48,8 @@ _REQUIRED_BOX_FIELDS = ("center", "size", "yaw", "label")
 # Optional per-box extras (module docstring): key -> (file, numpy dtype kind).
 BOX_EXTRA_FILES = {"num_points": ("box_num_points.npy", np.integer),
                    "num_radar_points": ("box_num_radar_points.npy", np.integer),
-                   "velocity_known": ("box_velocity_known.npy", np.bool_)}
+                   "velocity_known": ("box_velocity_known.npy", np.bool_),
+                   "ego_distance": ("box_ego_distance.npy", np.floating)}
 
 
 def write_scene(scene: Scene, folder: str,

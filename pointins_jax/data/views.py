@@ -196,10 +196,10 @@ def probe_view(scene: Scene, config, rng: np.random.Generator, *, augment: bool)
   index, center = np.arange(origin.num_points), None
   max_points = int(config.buckets[-1])
   if origin.num_points > max_points:
-    center = origin.coord[rng.integers(origin.num_points)].astype(np.float64)
+    center = origin.coord[rng.integers(origin.num_points)]
     index = transforms.nearest_crop(origin.coord, center, max_points)
   return make_view(origin, index, full_index, color, config, rng, augment=augment, mask=False,
-                   crop_center=center)
+                   crop_center=None if center is None else center.astype(np.float64))
 
 
 def recentre(view: dict, feat_keys) -> dict:

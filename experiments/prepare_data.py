@@ -5,6 +5,9 @@
   python -m experiments.prepare_data synthetic-outdoor --out OUT --num-scenes N [--beams 64]
   python -m experiments.prepare_data {scannet,semantickitti,nuscenes} --raw RAW --out OUT
 
+Scenes with detection boxes (synthetic-outdoor; nuscenes when RAW holds the v1.0-*
+metadata tables) also get box_*.npy (pointins_jax/data/pointcept_io.py).
+
 Prints a summary table (scenes, points, classes, instances, instance-offset magnitude
 statistics, points dropped on purpose). Exits non-zero on any error.
 """
@@ -38,8 +41,11 @@ def _synthetic_indoor(seed: int, small: bool) -> LoadedScene:
 
 
 def _synthetic_outdoor(seed: int, beams: int, small: bool) -> LoadedScene:
-  return LoadedScene(synthetic_outdoor.generate_sweep(
-      seed, beams=beams, azimuth_steps=256 if small else None))
+  scene = synthetic_outdoor.generate_sweep(seed, beams=beams,
+                                           azimuth_steps=256 if small else None)
+  # Box k encloses instance k: its point count is that instance's.
+  counts = np.bincount(scene.instance[scene.instance >= 0], minlength=len(scene.boxes))
+  return LoadedScene(scene, box_extras={"num_points": counts.astype(np.int32)})
 
 
 def synthetic_scenes(args) -> list[SourceScene]:
@@ -75,8 +81,13 @@ class Summary:
   def add(self, split: str, loaded: LoadedScene):
     scene = loaded.scene
     row = self.rows.setdefault(split, {"scenes": 0, "points": 0, "classes": set(),
-                                       "instances": 0, "dropped": 0})
+                                       "instances": 0, "dropped": 0, "boxes": 0,
+                                       "box_scenes": 0, "boxes_skipped": 0})
     row["scenes"] += 1
+    if scene.boxes is not None:
+      row["boxes"] += len(scene.boxes)
+      row["box_scenes"] += 1
+    row["boxes_skipped"] += loaded.boxes_skipped
     row["points"] += scene.num_points
     row["dropped"] += loaded.dropped
     if scene.segment is not None:
@@ -106,6 +117,11 @@ class Summary:
       lines.append(f"{split:<6} {row['scenes']:>7} {row['points']:>12} "
                    f"{len(row['classes']):>4}/{self.num_classes:<3} {row['instances']:>10} "
                    f"{row['dropped']:>8}")
+    for split, row in sorted(self.rows.items()):
+      if row["box_scenes"]:
+        lines.append(f"{split}: {row['boxes']} detection boxes in {row['box_scenes']} of "
+                     f"{row['scenes']} scenes (box_*.npy); {row['boxes_skipped']} "
+                     "annotations skipped (category without a detection class)")
     if any(row["dropped"] for row in self.rows.values()):
       lines.append("dropped: points removed for non-finite (NaN/inf) coordinates")
     stats = self.offset_statistics()
@@ -163,7 +179,7 @@ def _main(argv: Sequence[str]) -> int:
     for note in scene_notes(loaded, min_points):
       tqdm.tqdm.write(f"prepare_data: warning: {note}", file=sys.stderr)
     pointcept_io.write_scene(loaded.scene, f"{args.out}/{source.split}/{source.name}",
-                             loaded.extra_segments)
+                             loaded.extra_segments, loaded.box_extras)
     summary.add(source.split, loaded)
   print(summary.table())
   return 0

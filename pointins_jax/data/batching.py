@@ -113,10 +113,30 @@ def fit_stage_capacities(grid: np.ndarray, n_valid: int, stage_capacities: Seque
 
 
 def subset_view(view: dict, keep: np.ndarray) -> dict:
-  """The view restricted to `keep` (bool mask or sorted ids), per-point arrays only."""
+  """The view restricted to `keep` (bool mask or sorted ids), per-point arrays only.
+
+  Boxes (a detection view's "boxes") are per view, not per point: all are kept here;
+  sphere crops (`sphere_crop_view`) drop those centred outside the crop.
+  """
   out = dict(view)
   for key in _PER_POINT:
     out[key] = view[key][keep]
+  return out
+
+
+def sphere_crop_view(view: dict, keep: np.ndarray) -> dict:
+  """`subset_view` for a sphere crop around the view's bbox centre (`center_order`).
+
+  A view with "boxes" keeps those whose centre lies in the crop's ball (the bbox centre,
+  radius: the farthest kept point) and adds the others to "boxes_dropped".
+  """
+  out = subset_view(view, keep)
+  if out.get("boxes") is not None:
+    points = view["coord"].astype(np.float64)
+    center = (points.min(axis=0) + points.max(axis=0)) / 2.0
+    out["boxes"], dropped = transforms.boxes_in_ball(
+        view["boxes"], center, transforms.crop_radius(out["coord"], center))
+    out["boxes_dropped"] = view.get("boxes_dropped", 0) + dropped
   return out
 
 
@@ -126,7 +146,7 @@ def crop_view(view: dict, max_points: int) -> tuple[dict, int]:
   if n <= max_points:
     return view, 0
   keep = np.sort(center_order(view["coord"].astype(np.float64))[:max_points])
-  return subset_view(view, keep), n - max_points
+  return sphere_crop_view(view, keep), n - max_points
 
 
 def fit_view(view: dict, grid_size: float, stage_capacities: Sequence[int]):
@@ -142,7 +162,7 @@ def fit_view(view: dict, grid_size: float, stage_capacities: Sequence[int]):
     if keep.all():
       return view, grid, removed
     removed += int((~keep).sum())
-    view = subset_view(view, keep)
+    view = sphere_crop_view(view, keep)
 
 
 def _pad(values: np.ndarray, capacity: int, key: str) -> np.ndarray:

@@ -65,6 +65,10 @@ def data_config(kind: str = "indoor") -> ml_collections.ConfigDict:
       color_jitter=(0.4, 0.4, 0.2, 0.02), color_jitter_p=0.8,  # brightness, contrast, sat., hue
       chromatic_translation_p=0.95, chromatic_translation_ratio=0.05))
 
+  # Detection: views carry the scene's boxes (views.py), moved with the points; needs
+  # scenes with boxes and augment.rotate_xy_p = 0 (upright boxes cannot tilt).
+  c.with_boxes = False
+
   # Model input: indoor [coord, color/255, normal] (9 ch), outdoor [coord, strength] (4 ch).
   c.feat_keys = ("coord", "color", "normal") if indoor else ("coord", "strength")
   return c
@@ -100,6 +104,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("label_fraction", "must lie in (0, 1].")
   if config.get("bad_scenes", "skip") not in ("skip", "raise"):
     fail("bad_scenes", "must be 'skip' or 'raise'.")
+  if config.get("with_boxes", False) and config.augment.enabled and config.augment.rotate_xy_p:
+    raise ValueError(f"data config: with_boxes=True needs augment.rotate_xy_p=0 (got "
+                     f"{config.augment.rotate_xy_p}): upright (yaw-only) boxes cannot follow "
+                     "rotations about x/y.")
   known = {"coord", "color", "normal", "strength"}
   if not config.feat_keys or set(config.feat_keys) - known:
     fail("feat_keys", f"must be a non-empty subset of {sorted(known)}.")

@@ -11,14 +11,22 @@ and its `panoptic/v1.0-*/<lidar_token>_panoptic.npz` into this layout (split by
 `nuscenes.utils.splits`). General classes map to the 16 merged classes through
 `labels.NUSCENES_GENERAL_TO_16` (noise and the other unused classes -> -1); thing points
 (classes 0-9) with a non-zero instance keep one id per panoptic value.
+
+Detection boxes: when RAW/v1.0-*/ holds the official metadata tables (copy or symlink
+the devkit's v1.0-trainval / v1.0-mini folder), every sweep also gets its sample's
+annotation boxes in its LIDAR_TOP frame (`nuscenes_boxes`; a sweep is found by its
+sample_data token or its original file name). Without the tables, scenes have no boxes
+(segmentation-only conversion; `find_scenes` logs it once).
 """
 from __future__ import annotations
 
+import logging
 import os
+from typing import Optional
 
 import numpy as np
 
-from pointins_jax.data import labels
+from pointins_jax.data import labels, nuscenes_boxes
 from pointins_jax.data.pointcept_io import LoadedScene, SourceScene
 from pointins_jax.data.scene import NO_INSTANCE, Scene, SceneError, drop_non_finite
 
@@ -66,20 +74,34 @@ def read_panoptic(path: str, num_points: int) -> tuple[np.ndarray, np.ndarray]:
   return segment, instance
 
 
-def convert_sweep(bin_path: str, label_path: str, name: str) -> LoadedScene:
+def convert_sweep(bin_path: str, label_path: str, name: str,
+                  metadata: Optional[nuscenes_boxes.Metadata] = None) -> LoadedScene:
+  """One sweep as a scene; with `metadata`, its sample's boxes (LIDAR_TOP frame) too."""
   points = read_points(bin_path)
   segment, instance = read_panoptic(label_path, len(points))
   coord, intensity, segment, instance, dropped = drop_non_finite(
       points[:, :3], points[:, 3], segment, instance, source=bin_path)
   if not np.isfinite(intensity).all() or intensity.min() < 0 or intensity.max() > 255:
     raise SceneError(f"{bin_path}: intensity must be finite and in [0, 255].")
+  sample = None
+  if metadata is not None:
+    sample = metadata.sample_boxes(metadata.lidar_token(name, bin_path), bin_path)
   # Pointcept's nuScenes loader scales intensity to [0, 1] the same way.
-  return LoadedScene(Scene(coord=coord, strength=intensity / 255.0, segment=segment,
-                           instance=instance, name=name, source=bin_path), {}, dropped)
+  scene = Scene(coord=coord, strength=intensity / 255.0, segment=segment, instance=instance,
+                name=name, source=bin_path, boxes=None if sample is None else sample.boxes)
+  if sample is None:
+    return LoadedScene(scene, {}, dropped)
+  return LoadedScene(scene, {}, dropped, box_extras=sample.extras,
+                     boxes_skipped=sample.skipped)
 
 
 def find_scenes(raw: str) -> list[SourceScene]:
-  """The sweeps under RAW/{train,val} with their panoptic labels."""
+  """The sweeps under RAW/{train,val} with their panoptic labels (and boxes, when RAW has
+  the v1.0-* metadata tables)."""
+  metadata = nuscenes_boxes.load_metadata(raw)
+  if metadata is None:
+    logging.warning("nuScenes %s: no v1.0-*/sample_annotation.json; converting without "
+                    "detection boxes.", raw)
   found = []
   for split in SPLITS:
     folder = os.path.join(raw, split)
@@ -90,7 +112,7 @@ def find_scenes(raw: str) -> list[SourceScene]:
       label_path = os.path.join(raw, "panoptic", split, f"{token}_panoptic.npz")
       found.append(SourceScene(split, token,
                                lambda b=os.path.join(folder, file_name), l=label_path, n=token:
-                               convert_sweep(b, l, n)))
+                               convert_sweep(b, l, n, metadata)))
   if not found:
     raise SceneError(f"{raw}: no {{train,val}}/<token>.pcd.bin sweeps (see the layout in "
                      "pointins_jax/data/nuscenes.py).")

@@ -10,6 +10,25 @@ scripts write for ScanNet, ScanNet200, S3DIS and Structured3D, and what
   strength.npy  float32 [N] or [N, 1] LiDAR intensity in [0,1] optional
   segment.npy / segment20.npy / segment200.npy  int [N], -1 = ignore
   instance.npy  int [N], -1 = no instance                     optional
+
+Detection boxes (`boxes.Boxes`, one row per box, in the scene's frame), optional:
+
+  box_center.npy float32 [M, 3] m; box_size.npy float32 [M, 3] (length, width, height) m;
+  box_yaw.npy float32 [M] rad; box_label.npy int [M] (index into DETECTION_CLASSES)
+      -- these four together or not at all (M = 0 rows: annotated, no objects)
+  box_velocity.npy float32 [M, 2] m/s       optional
+  box_attribute.npy int [M], -1 = none      optional
+  box_num_points.npy int [M]                optional: LiDAR points in each box (nuScenes
+                                            num_lidar_pts; synthetic: the instance's points)
+  box_num_radar_points.npy int [M]          optional: nuScenes num_radar_pts
+  box_velocity_known.npy bool [M]           optional: False where box_velocity.npy holds
+                                            0 for an unknown velocity (nuScenes NaN)
+  box_ego_distance.npy float32 [M]          optional: BEV distance (m) of the box centre
+                                            from the ego pose, as nuScenes' class ranges use
+The last four are per-box extras outside `Boxes` (`BOX_EXTRA_FILES`): nuScenes'
+evaluation drops ground-truth boxes with num_lidar_pts + num_radar_pts == 0 and leaves
+unknown velocities out of AVE; they are written by prepare_data and read with
+`read_box_extras`.
 """
 from __future__ import annotations
 
@@ -20,23 +39,57 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from pointins_jax.data import labels
+from pointins_jax.data.boxes import BOX_FILES, BoxError, Boxes
 from pointins_jax.data.scene import Scene, SceneError
 
 # Used when read_scene is not told the dataset: the first that exists is `segment`.
 _DEFAULT_SEGMENT_FILES = ("segment.npy", "segment20.npy", "segment200.npy")
+_REQUIRED_BOX_FIELDS = ("center", "size", "yaw", "label")
+# Optional per-box extras (module docstring): key -> (file, numpy dtype kind).
+BOX_EXTRA_FILES = {"num_points": ("box_num_points.npy", np.integer),
+                   "num_radar_points": ("box_num_radar_points.npy", np.integer),
+                   "velocity_known": ("box_velocity_known.npy", np.bool_),
+                   "ego_distance": ("box_ego_distance.npy", np.floating)}
 
 
 def write_scene(scene: Scene, folder: str,
-                extra_segments: Optional[Mapping[str, np.ndarray]] = None) -> None:
+                extra_segments: Optional[Mapping[str, np.ndarray]] = None,
+                box_extras: Optional[Mapping[str, np.ndarray]] = None) -> None:
   """Writes `scene` as one Pointcept folder (created if needed).
 
   Args:
-    scene: the scene; absent (None) attributes are not written.
+    scene: the scene; absent (None) attributes are not written. Its boxes, when present,
+      go to box_*.npy (module docstring); box files left in `folder` by an earlier write
+      that this scene does not have are removed, so a re-write cannot mix old boxes in.
     folder: output folder, e.g. OUT/train/scene0000_00.
     extra_segments: more label files, e.g. {"segment20": s20, "segment200": s200}
       (int [N] each), written as `<key>.npy` next to `segment.npy`.
+    box_extras: per-box arrays [M] keyed as `BOX_EXTRA_FILES`, or None.
   """
   os.makedirs(folder, exist_ok=True)
+  box_arrays = {name: None for name in BOX_FILES.values()}
+  box_arrays.update({name: None for name, _ in BOX_EXTRA_FILES.values()})
+  if scene.boxes is not None:
+    for field, name in BOX_FILES.items():
+      box_arrays[name] = getattr(scene.boxes, field)
+  for key, value in dict(box_extras or {}).items():
+    if key not in BOX_EXTRA_FILES:
+      raise SceneError(f"{folder}: unknown box extra {key!r}; known: "
+                       f"{sorted(BOX_EXTRA_FILES)}.")
+    name, kind = BOX_EXTRA_FILES[key]
+    if scene.boxes is None:
+      raise SceneError(f"{folder}: box extra {key!r} given but the scene has no boxes.")
+    value = np.asarray(value)
+    if value.shape != (len(scene.boxes),) or not np.issubdtype(value.dtype, kind):
+      raise SceneError(f"{folder}: box extra {key!r} must be {kind.__name__} "
+                       f"[{len(scene.boxes)}] (one per box), got {value.dtype} {value.shape}.")
+    box_arrays[name] = value
+  for name, value in box_arrays.items():
+    path = os.path.join(folder, name)
+    if value is not None:
+      np.save(path, value)
+    elif os.path.isfile(path):
+      os.remove(path)
   arrays = {"coord": scene.coord, "color": scene.color, "normal": scene.normal,
             "strength": scene.strength, "segment": scene.segment, "instance": scene.instance}
   for key, value in dict(extra_segments or {}).items():
@@ -111,10 +164,66 @@ def read_scene(folder: str, dataset: Optional[str] = None) -> Scene:
                      f"got [{strength.min()}, {strength.max()}]; divide raw 0..255 "
                      "intensities by 255.")
   scene = Scene(coord=coord, name=os.path.basename(os.path.normpath(folder)), source=folder,
-                **values)
+                boxes=read_boxes(folder), **values)
   if info is not None:
     scene.validate(num_classes=info.num_classes)
   return scene
+
+
+def read_boxes(folder: str) -> Optional[Boxes]:
+  """The scene's boxes from box_*.npy (module docstring), or None when it has none.
+
+  Raises:
+    SceneError: some but not all of box_center/size/yaw/label exist (naming the missing
+      files), or a box file is unreadable or malformed (naming it).
+  """
+  present = {field: os.path.isfile(os.path.join(folder, BOX_FILES[field]))
+             for field in BOX_FILES}
+  if not any(present[field] for field in _REQUIRED_BOX_FIELDS):
+    extra = [BOX_FILES[f] for f in ("velocity", "attribute") if present[f]]
+    extra += [name for name, _ in BOX_EXTRA_FILES.values()
+              if os.path.isfile(os.path.join(folder, name))]
+    if extra:
+      raise SceneError(f"{folder}: has {', '.join(extra)} but no "
+                       "box_center/size/yaw/label.npy; write the boxes together or delete "
+                       "the stray file.")
+    return None
+  missing = [BOX_FILES[field] for field in _REQUIRED_BOX_FIELDS if not present[field]]
+  if missing:
+    raise SceneError(f"{os.path.join(folder, missing[0])}: missing; boxes need "
+                     f"{', '.join(BOX_FILES[f] for f in _REQUIRED_BOX_FIELDS)} together "
+                     f"(missing: {', '.join(missing)}). Rerun experiments.prepare_data.")
+  values = {field: _load(os.path.join(folder, BOX_FILES[field]), required=False)
+            for field in BOX_FILES}
+  for field, value in values.items():
+    if value is not None and value.ndim == 0:
+      raise SceneError(f"{os.path.join(folder, BOX_FILES[field])}: a 0-d array; box files "
+                       "hold one row per box.")
+  # Validation (shapes agree, finite, sizes > 0, ids in range) names the file; Scene
+  # re-validates it with the scene's name.
+  try:
+    return Boxes(**values).validate(source=folder)
+  except BoxError as error:
+    raise SceneError(str(error)) from error
+
+
+def read_box_extras(folder: str, num_boxes: int) -> dict[str, np.ndarray]:
+  """The per-box extras present in a scene folder, {key: [M] array} (`BOX_EXTRA_FILES`).
+
+  Raises:
+    SceneError: naming the file when it is not one value of the right kind per box.
+  """
+  out = {}
+  for key, (name, kind) in BOX_EXTRA_FILES.items():
+    path = os.path.join(folder, name)
+    value = _load(path, required=False)
+    if value is None:
+      continue
+    if value.shape != (num_boxes,) or not np.issubdtype(value.dtype, kind):
+      raise SceneError(f"{path}: must be {kind.__name__} [{num_boxes}] (one per box), got "
+                       f"{value.dtype} {value.shape}.")
+    out[key] = value
+  return out
 
 
 def list_scenes(root: str, split: str) -> list[str]:
@@ -141,11 +250,16 @@ class LoadedScene:
     dropped: points removed on purpose (NaN/inf coordinates), reported by prepare_data.
     warnings: labels lost on the way, one line each naming the file and what was lost
       (printed by prepare_data).
+    box_extras: per-box arrays of `scene.boxes` keyed as `BOX_EXTRA_FILES`.
+    boxes_skipped: annotations of the source that got no box (their category has no
+      detection class), counted by prepare_data.
   """
   scene: Scene
   extra_segments: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   dropped: int = 0
   warnings: tuple[str, ...] = ()
+  box_extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  boxes_skipped: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

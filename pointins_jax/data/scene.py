@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from pointins_jax.data.boxes import BoxError, Boxes
+
 IGNORE_INDEX = -1  # `segment` value of unlabelled / ignored points
 NO_INSTANCE = -1  # `instance` value of points that belong to no instance
 
@@ -32,6 +34,10 @@ class Scene:
     instance: int32 [N] instance id, NO_INSTANCE = -1; or None.
     name: scene name (folder name in the Pointcept layout).
     source: where the data came from (a path), used in error messages.
+    boxes: detection boxes (`boxes.Boxes`, M boxes in this scene's frame), or None when
+      the scene has no box annotation (an empty `Boxes` means "annotated, no objects").
+      Boxes are per scene, not per point: `subset` keeps all of them, and transforms
+      that move the points move them (`transforms.GeometricAugmenter`).
   """
 
   coord: np.ndarray
@@ -42,6 +48,7 @@ class Scene:
   instance: Optional[np.ndarray] = None
   name: str = "scene"
   source: str = "<memory>"
+  boxes: Optional[Boxes] = None
 
   def __post_init__(self):
     self.validate()
@@ -98,6 +105,14 @@ class Scene:
         raise SceneError(f"{where}: {field} has ids below -1 (min {value.min()}); "
                          "use -1 for ignore / no instance.")
       setattr(self, field, value.astype(np.int32, copy=False))
+    if self.boxes is not None:
+      if not isinstance(self.boxes, Boxes):
+        raise SceneError(f"{where}: boxes must be a pointins_jax.data.boxes.Boxes, got "
+                         f"{type(self.boxes).__name__}.")
+      try:  # a scene error (loaders catch SceneError), naming the scene and the box file
+        self.boxes.validate(source=where)
+      except BoxError as error:
+        raise SceneError(str(error)) from error
     if num_classes is not None and self.segment is not None and self.segment.size:
       if self.segment.max() >= num_classes:
         raise SceneError(
@@ -105,12 +120,17 @@ class Scene:
             f"has {num_classes} classes (ids 0..{num_classes - 1}, -1 = ignore).")
 
   def subset(self, index: np.ndarray) -> "Scene":
-    """The scene restricted to `index` (int indices or a boolean mask)."""
+    """The scene restricted to `index` (int indices or a boolean mask).
+
+    Boxes are not per point, so all of them are kept (a box may be left with no point);
+    spatial crops decide which boxes they keep (`transforms.boxes_in_ball`).
+    """
     def take(a):
       return None if a is None else a[index]
     return Scene(coord=self.coord[index], color=take(self.color), normal=take(self.normal),
                  strength=take(self.strength), segment=take(self.segment),
-                 instance=take(self.instance), name=self.name, source=self.source)
+                 instance=take(self.instance), name=self.name, source=self.source,
+                 boxes=self.boxes)
 
 
 def drop_non_finite(coord: np.ndarray, *arrays, source: str = "<memory>"):

@@ -14,6 +14,21 @@ an incidence-angle term, with noise, in [0, 1].
 Coordinates are in the sensor frame like real sweeps: the road lies at z = -SENSOR_HEIGHT.
 Things (SemanticKITTI classes 0-7) get instance ids; stuff (poles and signs included, as
 in the SemanticKITTI panoptic protocol) has instance -1.
+
+Detection boxes (`Scene.boxes`, nuScenes detection classes): one box per thing instance
+of the sweep, box k <-> instance id k, enclosing the instance's primitives exactly as
+placed (the tightest box in the object's heading frame: a car's body and cabin, a rider's
+cycle and body cylinder), in the sweep's frame. Only instances with at least one return
+are instances of the sweep, so objects the LiDAR misses entirely (occluded, out of range)
+have no box (nuScenes' evaluation drops zero-point boxes too). Class mapping
+(`THING_TO_DETECTION`): car -> car, truck -> truck, other-vehicle (here the 11 m
+bus) -> bus, bicycle and bicyclist -> bicycle, motorcycle and motorcyclist -> motorcycle
+(riders inside the cycle's box, as nuScenes annotates them), person -> pedestrian. Every
+SemanticKITTI thing has a counterpart; stuff (poles, signs, fences, ...) gets no box, and
+the generator places no barriers, traffic cones, trailers or construction vehicles.
+Attributes follow the layout: parked-strip vehicles vehicle.parked, lane traffic
+vehicle.moving, parked cycles cycle.without_rider, ridden ones cycle.with_rider,
+pedestrians pedestrian.standing. The scene is a single static sweep, so velocity is None.
 """
 from __future__ import annotations
 
@@ -23,6 +38,7 @@ from typing import Optional
 import numpy as np
 
 from pointins_jax.data import labels
+from pointins_jax.data.boxes import DETECTION_ATTRIBUTES, DETECTION_CLASSES, Boxes
 from pointins_jax.data.scene import NO_INSTANCE, Scene, SceneError
 
 CLASS = {name: index for index, name in enumerate(labels.SEMANTICKITTI_NAMES)}
@@ -41,6 +57,11 @@ REFLECTIVITY = {  # base intensity per class
     "fence": 0.3, "vegetation": 0.4, "trunk": 0.3, "pole": 0.45, "traffic-sign": 0.9,
     "car": 0.2, "truck": 0.25, "other-vehicle": 0.25, "bicycle": 0.3, "motorcycle": 0.3,
     "person": 0.3, "bicyclist": 0.3, "motorcyclist": 0.3}
+# SemanticKITTI thing class -> nuScenes detection class (module docstring).
+THING_TO_DETECTION = {"car": "car", "truck": "truck", "other-vehicle": "bus",
+                      "bicycle": "bicycle", "bicyclist": "bicycle",
+                      "motorcycle": "motorcycle", "motorcyclist": "motorcycle",
+                      "person": "pedestrian"}
 
 
 @dataclasses.dataclass
@@ -64,6 +85,8 @@ class _Primitives:
   cyl_z: list = dataclasses.field(default_factory=list)
   cyl_label: list = dataclasses.field(default_factory=list)
   cyl_instance: list = dataclasses.field(default_factory=list)
+  # instance id -> nuScenes detection attribute name (not geometry: left out of `arrays`).
+  attribute: dict = dataclasses.field(default_factory=dict)
 
   def strip(self, z, y0, y1, name):
     self.strip_z.append(z)
@@ -85,7 +108,8 @@ class _Primitives:
     self.cyl_instance.append(instance)
 
   def arrays(self):
-    return {key: np.asarray(value, np.float64) for key, value in vars(self).items()}
+    return {key: np.asarray(value, np.float64) for key, value in vars(self).items()
+            if key != "attribute"}
 
 
 class _Footprints:
@@ -167,6 +191,7 @@ def _street(rng) -> _Primitives:
       if placed.free(px, py, 0.6, 0.6, 0.0):
         prims.cylinder(px, py, rng.uniform(0.2, 0.3), z_walk, z_walk + rng.uniform(1.5, 1.95),
                        "person", instance)
+        prims.attribute[instance] = "pedestrian.standing"
         instance += 1
     # Parked vehicles and two-wheelers on the parking strip (or the road edge).
     lane = edge + side * (1.25 if parking else -1.25)
@@ -205,7 +230,59 @@ def _vehicle(rng, prims, placed, instance, x, y, yaw, parked: bool) -> int:
     prims.box(x, y, 0.0, length, 0.25 * width, height, yaw, kind, instance)
   else:  # truck / bus: cab and cargo
     prims.box(x, y, 0.3, length, width, height - 0.3, yaw, kind, instance)
+  if kind in ("car", "truck", "other-vehicle"):
+    prims.attribute[instance] = "vehicle.parked" if parked else "vehicle.moving"
+  else:
+    prims.attribute[instance] = ("cycle.with_rider" if kind.endswith("ist")
+                                 else "cycle.without_rider")
   return instance + 1
+
+
+def _thing_boxes(prims: dict, attribute: dict, instances: np.ndarray) -> Boxes:
+  """The tightest box around each instance's primitives, in the street frame (road z=0).
+
+  Args:
+    prims: `_Primitives.arrays()`.
+    attribute: `_Primitives.attribute` (instance -> attribute name).
+    instances: int [K] instance ids (as placed), one box each, in this order.
+
+  The box's yaw is the yaw of the instance's box primitives (all of an instance share it;
+  0 for a pedestrian, a lone cylinder); the extents are taken in that heading frame:
+  a box primitive's corners, a vertical cylinder's xy disc (centre +- radius along both
+  axes of the frame) and its z range.
+  """
+  center, size, yaw, label, attr = [], [], [], [], []
+  for inst in instances:
+    in_box = prims["box_instance"] == inst if len(prims["box_center"]) else np.zeros(0, bool)
+    in_cyl = prims["cyl_instance"] == inst if len(prims["cyl_xy"]) else np.zeros(0, bool)
+    yaws = prims["box_yaw"][in_box]
+    if len(yaws) and np.ptp(yaws) > 0:
+      raise AssertionError(f"instance {inst}: its box primitives have different yaws {yaws}")
+    heading = float(yaws[0]) if len(yaws) else 0.0
+    c, s = np.cos(heading), np.sin(heading)
+    to_local = np.array([[c, s], [-s, c]])  # world xy -> heading frame
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for box_c, box_h in zip(prims["box_center"][in_box], prims["box_half"][in_box]):
+      local = to_local @ box_c[:2]  # same yaw: the box is axis-aligned in this frame
+      lo = np.minimum(lo, [*(local - box_h[:2]), box_c[2] - box_h[2]])
+      hi = np.maximum(hi, [*(local + box_h[:2]), box_c[2] + box_h[2]])
+    for xy, radius, (z0, z1) in zip(prims["cyl_xy"][in_cyl], prims["cyl_radius"][in_cyl],
+                                    prims["cyl_z"][in_cyl]):
+      local = to_local @ xy
+      lo = np.minimum(lo, [*(local - radius), z0])
+      hi = np.maximum(hi, [*(local + radius), z1])
+    middle = (lo + hi) / 2
+    center.append([*(to_local.T @ middle[:2]), middle[2]])
+    size.append(hi - lo)
+    yaw.append(heading)
+    kinds = np.concatenate([prims["box_label"][in_box], prims["cyl_label"][in_cyl]])
+    name = labels.SEMANTICKITTI_NAMES[int(kinds[0])]
+    label.append(DETECTION_CLASSES.index(THING_TO_DETECTION[name]))
+    attr.append(DETECTION_ATTRIBUTES.index(attribute[int(inst)]))
+  return Boxes(center=np.asarray(center, np.float32).reshape(-1, 3),
+               size=np.asarray(size, np.float32).reshape(-1, 3),
+               yaw=np.asarray(yaw, np.float32), label=np.asarray(label, np.int32),
+               velocity=None, attribute=np.asarray(attr, np.int32))
 
 
 def _ray_directions(beams: int, azimuth_steps: int) -> np.ndarray:
@@ -284,7 +361,8 @@ def generate_sweep(seed: int, *, beams: int = 32, azimuth_steps: Optional[int] =
 
   Returns:
     Scene with coord [N, 3] metres (sensor frame), strength [N] in [0, 1], segment [N]
-    SemanticKITTI-19 ids, instance [N] (things only, -1 elsewhere).
+    SemanticKITTI-19 ids, instance [N] (things only, -1 elsewhere) and boxes (one per
+    instance id, box k for instance k; module docstring).
   """
   if beams not in BEAM_LAYOUTS:
     raise SceneError(f"synthetic-outdoor: beams must be one of {sorted(BEAM_LAYOUTS)}, got "
@@ -293,7 +371,8 @@ def generate_sweep(seed: int, *, beams: int = 32, azimuth_steps: Optional[int] =
   if azimuth_steps < 8:
     raise SceneError(f"synthetic-outdoor: azimuth_steps must be >= 8, got {azimuth_steps}.")
   rng = np.random.default_rng(seed)
-  prims = _street(rng).arrays()
+  placed = _street(rng)
+  prims = placed.arrays()
   origin = np.array([0.0, 0.0, SENSOR_HEIGHT])
   directions = _ray_directions(beams, azimuth_steps)
   hits = [_nearest_hit(origin, directions[i:i + RAY_CHUNK], prims)
@@ -307,8 +386,12 @@ def generate_sweep(seed: int, *, beams: int = 32, azimuth_steps: Optional[int] =
   coord = origin + t[:, None] * directions - np.array([0.0, 0.0, SENSOR_HEIGHT])
   reflectivity = np.array([REFLECTIVITY[name] for name in labels.SEMANTICKITTI_NAMES])[label]
   strength = np.clip(reflectivity * (0.4 + 0.6 * cosine) + rng.normal(0, 0.03, len(t)), 0, 1)
-  _, instance_ids = np.unique(instance, return_inverse=True)  # contiguous thing ids ...
+  placed_ids, instance_ids = np.unique(instance, return_inverse=True)  # contiguous ids ...
   instance = np.where(instance >= 0, instance_ids - int(np.any(instance < 0)), NO_INSTANCE)
+  # ... and box k encloses the placed instance that became id k.
+  boxes = _thing_boxes(prims, placed.attribute, placed_ids[placed_ids >= 0])
+  boxes.center[:, 2] -= SENSOR_HEIGHT  # street frame -> sensor frame (as `coord`)
   return Scene(coord=coord.astype(np.float32), strength=strength.astype(np.float32),
                segment=label.astype(np.int32), instance=instance.astype(np.int32),
-               name=f"synthetic_outdoor_{seed:06d}", source=f"synthetic-outdoor seed {seed}")
+               name=f"synthetic_outdoor_{seed:06d}", source=f"synthetic-outdoor seed {seed}",
+               boxes=boxes)

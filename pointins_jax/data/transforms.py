@@ -9,6 +9,16 @@ geometric augmentation updates a `ViewRecord`, so that the composition
 d: per-point displacement from jitter and elastic distortion) can be inverted exactly.
 PointINS maps predicted offsets back to the original frame with A alone; why d is left
 out is in `pointins_jax.pointins.offsets`.
+
+Detection boxes (`boxes.Boxes`) move with the points under every affine step
+(`affine_boxes`: centre, yaw, size, velocity). Boxes stay upright (yaw only), so only
+affine maps that keep z vertical apply: rotations about z, flips of x / y, uniform scale,
+translations. A rotation about x or y (Sonata's small tilt, `augment.rotate_xy_p`) would
+tilt them: it raises for scenes with boxes, and detection configs set rotate_xy_p = 0.
+The per-point displacements (jitter, elastic distortion) do not move boxes: jitter keeps a
+surface point within `jitter_clip` of its box; elastic distortion (indoor only) can carry
+points out of their boxes by up to its magnitude. Crops keep the boxes whose centre lies
+in the crop's ball (`boxes_in_ball`) and count the others.
 """
 from __future__ import annotations
 
@@ -19,6 +29,8 @@ import matplotlib.colors
 import numpy as np
 import scipy.interpolate
 import scipy.ndimage
+
+from pointins_jax.data.boxes import BoxError, Boxes
 
 # Cell indices are packed into one int64 key, 21 bits per axis: 2^21 cells of 2 cm = 42 km.
 _KEY_BITS = 21
@@ -98,6 +110,66 @@ def center_shift_offset(coord: np.ndarray) -> np.ndarray:
   return np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], np.float64)
 
 
+def affine_boxes(boxes: Boxes, matrix: np.ndarray, offset: Optional[np.ndarray] = None,
+                 source: str = "<memory>") -> Boxes:
+  """The boxes under x -> M x + c, the map applied to the points.
+
+  M must keep z vertical: M = [[B, 0], [0, m]] with B^T B = s^2 I (a rotation about z,
+  possibly with a flip of x or y, times a uniform xy scale s) and m != 0. Then a box's
+  centre maps like a point, its heading (cos yaw, sin yaw) and velocity by B, its length
+  and width scale by s and its height by |m|. (Velocity scales with the coordinates, as
+  mmdet3d's GlobalRotScaleTrans does.) A mirrored box is the same box, so flips need no
+  special case.
+
+  Args:
+    boxes: M boxes; matrix: f64 [3, 3]; offset: f64 [3] metres or None.
+  Returns:
+    New `Boxes` (float32), label / attribute unchanged.
+  Raises:
+    BoxError: naming `source` when M tilts z or scales x and y differently.
+  """
+  matrix = np.asarray(matrix, np.float64)
+  offset = np.zeros(3) if offset is None else np.asarray(offset, np.float64)
+  b = matrix[:2, :2]
+  s2 = abs(np.linalg.det(b))
+  tol = 1e-9 * max(1.0, np.abs(matrix).max() ** 2)
+  if (np.abs(matrix[:2, 2]).max() > tol or np.abs(matrix[2, :2]).max() > tol
+      or abs(matrix[2, 2]) <= tol or not np.allclose(b.T @ b, s2 * np.eye(2), atol=tol)):
+    raise BoxError(f"{source}: boxes are upright (yaw only) and cannot follow the linear map "
+                   f"{np.round(matrix, 6).tolist()} (a rotation about x/y, or unequal x/y "
+                   "scales); set augment.rotate_xy_p = 0 (and scale uniformly) for scenes "
+                   "with boxes.")
+  heading = np.stack([np.cos(boxes.yaw), np.sin(boxes.yaw)], axis=1).astype(np.float64) @ b.T
+  scale = np.array([np.sqrt(s2), np.sqrt(s2), abs(matrix[2, 2])])
+  return Boxes(
+      center=(boxes.center.astype(np.float64) @ matrix.T + offset).astype(np.float32),
+      size=(boxes.size * scale).astype(np.float32),
+      yaw=np.arctan2(heading[:, 1], heading[:, 0]).astype(np.float32),
+      label=boxes.label.copy(),
+      velocity=(None if boxes.velocity is None
+                else (boxes.velocity.astype(np.float64) @ b.T).astype(np.float32)),
+      attribute=None if boxes.attribute is None else boxes.attribute.copy())
+
+
+def boxes_in_ball(boxes: Boxes, center: np.ndarray, radius: float) -> tuple[Boxes, int]:
+  """The boxes whose centre lies within `radius` (m) of `center` [3]: (kept, num dropped).
+
+  A sphere crop (`nearest_crop`) keeps the points within a ball around its centre; its
+  boxes are those centred in that ball (a box cut by the ball's surface is kept when its
+  centre is inside, with part of its points gone).
+  """
+  inside = np.linalg.norm(boxes.center.astype(np.float64) - center, axis=1) <= radius
+  return boxes.subset(inside), int((~inside).sum())
+
+
+def crop_radius(coord: np.ndarray, center: np.ndarray) -> float:
+  """Radius (m) of the ball around `center` [3] holding the points `coord` [n, 3] of a
+  sphere crop (0 for no point)."""
+  if coord.shape[0] == 0:
+    return 0.0
+  return float(np.sqrt(np.max(np.sum((coord.astype(np.float64) - center) ** 2, axis=1))))
+
+
 @dataclasses.dataclass
 class ViewRecord:
   """The transform that took original coordinates to view coordinates.
@@ -125,15 +197,19 @@ def invert_view(coord_view: np.ndarray, record: ViewRecord) -> np.ndarray:
 
 
 class GeometricAugmenter:
-  """Applies geometric transforms to (coord, normal) and records their composition.
+  """Applies geometric transforms to (coord, normal, boxes) and records their composition.
 
-  Attributes: coord f64 [N, 3] metres, normal f64 [N, 3] unit vectors or None, record.
-  Every method replaces `coord` / `normal` with the transformed arrays and updates `record`.
+  Attributes: coord f64 [N, 3] metres, normal f64 [N, 3] unit vectors or None, boxes
+  (`Boxes` or None), record. Every method replaces `coord` / `normal` / `boxes` with the
+  transformed ones and updates `record`; per-point displacements leave boxes in place.
   """
 
-  def __init__(self, coord: np.ndarray, normal: Optional[np.ndarray] = None):
+  def __init__(self, coord: np.ndarray, normal: Optional[np.ndarray] = None,
+               boxes: Optional[Boxes] = None, source: str = "<memory>"):
     self.coord = coord.astype(np.float64)
     self.normal = None if normal is None else normal.astype(np.float64)
+    self.boxes = boxes
+    self.source = source
     self.record = ViewRecord.identity(coord.shape[0])
 
   def affine(self, matrix: np.ndarray, offset: Optional[np.ndarray] = None) -> None:
@@ -147,6 +223,8 @@ class GeometricAugmenter:
     if self.normal is not None:
       normal = self.normal @ np.linalg.inv(matrix)  # rows: (M^-T n)^T
       self.normal = normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    if self.boxes is not None:
+      self.boxes = affine_boxes(self.boxes, matrix, offset, self.source)
 
   def displace(self, delta: np.ndarray) -> None:
     """x <- x + delta (per point, f64 [N, 3])."""
@@ -195,14 +273,23 @@ class GeometricAugmenter:
 
 
 def augment_geometry(coord: np.ndarray, normal: Optional[np.ndarray], aug,
-                     rng: np.random.Generator) -> GeometricAugmenter:
+                     rng: np.random.Generator, boxes: Optional[Boxes] = None,
+                     source: str = "<memory>") -> GeometricAugmenter:
   """The Sonata per-view spatial recipe (ptv3_ssl_spec.md §4.1) driven by config `aug`.
 
   Order: CenterShift(z), RandomScale, RandomRotate z (about the origin), x and y (about the
   bbox centre), RandomFlip x / y, RandomJitter, ElasticDistortion. Switches: see
-  `config.data_config` (`augment.*`).
+  `config.data_config` (`augment.*`). `boxes` (or None) move with the points (module
+  docstring); they need `aug.rotate_xy_p == 0`.
+
+  Raises:
+    BoxError: boxes given with rotate_xy_p > 0 (naming `source`), before any random draw.
   """
-  out = GeometricAugmenter(coord, normal)
+  if boxes is not None and aug.rotate_xy_p > 0:
+    raise BoxError(f"{source}: the scene has boxes but augment.rotate_xy_p="
+                   f"{aug.rotate_xy_p}; upright (yaw-only) boxes cannot follow rotations "
+                   "about x/y. Set data.augment.rotate_xy_p=0 for detection.")
+  out = GeometricAugmenter(coord, normal, boxes, source)
   out.center_shift(apply_z=True)
   out.scale(rng.uniform(*aug.scale))
   if rng.random() < aug.rotate_z_p:

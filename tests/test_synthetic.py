@@ -135,3 +135,18 @@ def test_outdoor_offsets_long_tailed():
 def test_outdoor_rejects_bad_beams():
   with pytest.raises(SceneError, match="beams"):
     synthetic_outdoor.generate_sweep(0, beams=16)
+
+
+def test_room_with_chosen_kinds_only():
+  """data.synthetic_kinds: only those classes carry instances; unknown names are refused."""
+  kinds = ("bed", "sofa", "table", "bookshelf", "bathtub")
+  classes = {synthetic_indoor.CLASS[k] for k in kinds}
+  for seed in range(6):
+    room = synthetic_indoor.generate_room(seed, small=True, kinds=kinds)
+    things = set(np.unique(room.segment[room.instance >= 0]).tolist())
+    assert things and things <= classes, (seed, things)
+  default = synthetic_indoor.generate_room(3, small=True)
+  np.testing.assert_array_equal(default.coord,
+                                synthetic_indoor.generate_room(3, small=True, kinds=()).coord)
+  with pytest.raises(ValueError, match="'lamp'"):
+    synthetic_indoor.generate_room(0, small=True, kinds=("bed", "lamp"))

@@ -22,6 +22,8 @@ def data_config(kind: str = "indoor") -> ml_collections.ConfigDict:
   c.eval_split = "val"
   c.num_scenes = 64  # synthetic in-memory source only
   c.synthetic_small = False  # small synthetic scenes (tests, CPU demos)
+  # synthetic-indoor: furniture kinds to place (synthetic_indoor.OBJECTS names); () = all.
+  c.synthetic_kinds = ()
   c.label_fraction = 1.0  # probing: fraction of labelled training scenes (Table 7)
   # A training scene the reader refuses: 'skip' (replace by the next, name it, count it in
   # metrics.jsonl `bad_scenes`) or 'raise' (stop). Evaluation always raises.
@@ -108,6 +110,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data config: with_boxes=True needs augment.rotate_xy_p=0 (got "
                      f"{config.augment.rotate_xy_p}): upright (yaw-only) boxes cannot follow "
                      "rotations about x/y.")
+  if config.get("synthetic_kinds", ()):
+    if config.dataset != "synthetic-indoor":
+      fail("synthetic_kinds", "applies to dataset synthetic-indoor only; set it to ().")
+    from pointins_jax.data import synthetic_indoor  # pylint: disable=import-outside-toplevel
+    synthetic_indoor.object_kinds(tuple(config.synthetic_kinds))  # names the unknown kinds
   known = {"coord", "color", "normal", "strength"}
   if not config.feat_keys or set(config.feat_keys) - known:
     fail("feat_keys", f"must be a non-empty subset of {sorted(known)}.")

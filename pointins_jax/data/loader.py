@@ -16,9 +16,12 @@ the MapDataset (before the workers) fixes batch composition and order. The itera
 """
 from __future__ import annotations
 
+import collections
+import copy
 import functools
 import logging
 import math
+import threading
 from typing import Callable, Iterator, Optional, Sequence
 
 from absl import flags
@@ -34,12 +37,16 @@ from pointins_jax.data.scene import Scene, SceneError
 _EVAL_SEED_OFFSET = 1_000_000
 # Rays per beam of a small synthetic sweep (32 beams x 300 = ~7k points, for CPU demos).
 _SMALL_AZIMUTH_STEPS = 300
+# Bytes of generated synthetic scenes each source keeps: a small outdoor sweep takes ~0.4 s
+# to ray-cast, as long as a CPU demo's train step, and every step would redo it.
+_SYNTHETIC_CACHE_BYTES = 256 << 20
 
 
 class SyntheticSource:
   """`num_scenes` synthetic scenes generated in memory from their index (no disk step)."""
 
-  def __init__(self, dataset: str, num_scenes: int, *, small: bool, seed_offset: int = 0):
+  def __init__(self, dataset: str, num_scenes: int, *, small: bool, seed_offset: int = 0,
+               kinds: Sequence[str] = ()):
     if dataset not in ("synthetic-indoor", "synthetic-outdoor"):
       raise ValueError(f"data config dataset={dataset!r}: with root='' only synthetic-indoor / "
                        "synthetic-outdoor can be generated in memory; set data.root.")
@@ -47,18 +54,52 @@ class SyntheticSource:
       raise ValueError(f"data config num_scenes={num_scenes} must be positive.")
     self._dataset, self._num_scenes = dataset, num_scenes
     self._small, self._seed_offset = small, seed_offset
+    self._kinds = tuple(kinds)  # synthetic-indoor furniture kinds (() = all)
+    self._cache, self._cache_bytes = collections.OrderedDict(), 0
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self._num_scenes
 
+  def __getstate__(self):  # grain workers pickle the source: each starts with an empty cache
+    state = dict(self.__dict__, _cache=collections.OrderedDict(), _cache_bytes=0)
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.Lock())
+
   def __getitem__(self, index: int) -> Scene:
+    """The scene of seed `seed_offset + index` (generated once, then a copy from an LRU
+    cache of `_SYNTHETIC_CACHE_BYTES`; copies, so transforms can never alter the cache)."""
     seed = self._seed_offset + int(index)
+    with self._lock:
+      if seed in self._cache:
+        self._cache.move_to_end(seed)
+        return _copy_scene(self._cache[seed])
+    scene = self._generate(seed)
+    size = sum(a.nbytes for a in vars(scene).values() if isinstance(a, np.ndarray))
+    with self._lock:
+      if seed not in self._cache and size <= _SYNTHETIC_CACHE_BYTES:
+        self._cache[seed], self._cache_bytes = scene, self._cache_bytes + size
+        while self._cache_bytes > _SYNTHETIC_CACHE_BYTES:
+          _, old = self._cache.popitem(last=False)
+          self._cache_bytes -= sum(a.nbytes for a in vars(old).values()
+                                   if isinstance(a, np.ndarray))
+    return _copy_scene(scene)
+
+  def _generate(self, seed: int) -> Scene:
     if self._dataset == "synthetic-indoor":
       from pointins_jax.data import synthetic_indoor  # pylint: disable=import-outside-toplevel
-      return synthetic_indoor.generate_room(seed, small=self._small)
+      return synthetic_indoor.generate_room(seed, small=self._small, kinds=self._kinds)
     from pointins_jax.data import synthetic_outdoor  # pylint: disable=import-outside-toplevel
     return synthetic_outdoor.generate_sweep(
         seed, azimuth_steps=_SMALL_AZIMUTH_STEPS if self._small else None)
+
+
+def _copy_scene(scene: Scene) -> Scene:
+  """A scene whose arrays (boxes included) are copies of `scene`'s."""
+  return copy.deepcopy(scene)
 
 
 class FolderSource:
@@ -84,7 +125,8 @@ def scene_source(data_config, split: Optional[str] = None):
     return FolderSource(roots, split, data_config.dataset or None)
   offset = 0 if split == data_config.split else _EVAL_SEED_OFFSET
   return SyntheticSource(data_config.dataset, data_config.num_scenes,
-                         small=data_config.synthetic_small, seed_offset=offset)
+                         small=data_config.synthetic_small, seed_offset=offset,
+                         kinds=tuple(data_config.get("synthetic_kinds", ())))
 
 
 class SkipBadScenes:

@@ -14,7 +14,7 @@ segment_ignore_index (-1, 0, 1): only the 18 thing classes carry instances.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -266,6 +266,17 @@ def _place(rng, kind: ObjectKind, room, placed):
   return None
 
 
+def object_kinds(names: Sequence[str] = ()) -> tuple:
+  """The `ObjectKind`s named (all for ()); ValueError naming the unknown ones."""
+  if not names:
+    return OBJECTS
+  unknown = sorted(set(names) - set(_KIND))
+  if unknown:
+    raise ValueError(f"synthetic-indoor kinds {unknown} do not exist; choose from "
+                     f"{sorted(_KIND)} (data.synthetic_kinds).")
+  return tuple(_KIND[n] for n in dict.fromkeys(names))
+
+
 def _nominal_area(kind: ObjectKind) -> float:
   """xy area of the unscaled object's bounding box, m^2 (for the placement order)."""
   boxes = [Box(np.asarray(c), np.asarray(h), 0.0) for c, h in kind.builder(np.ones(3))]
@@ -287,7 +298,7 @@ def _instance_colors(rng, segment_class: int) -> np.ndarray:
 def generate_room(seed: int, *, num_objects: Optional[int] = None,
                   point_density: Optional[float] = None,
                   room_size: Optional[tuple[float, float]] = None,
-                  small: bool = False) -> Scene:
+                  small: bool = False, kinds: Sequence[str] = ()) -> Scene:
   """One synthetic room; the same seed gives the same room.
 
   Args:
@@ -297,6 +308,9 @@ def generate_room(seed: int, *, num_objects: Optional[int] = None,
     point_density: surface points per m^2 (default 900: 50k-200k points; `small`: 150).
     room_size: (x, y) floor size in metres (default uniform in [4, 8] m; `small`: [3, 4.5]).
     small: preset for tests and CPU demos, ~5k-15k points.
+    kinds: furniture kinds to place (names of `OBJECTS`, e.g. ("bed", "sofa")); () = all.
+      A subset makes the room easier to segment (fewer, distinct classes); objects that
+      find no free spot fall back to the smallest chosen kinds, then are left out.
 
   Returns:
     Scene with coord [N, 3] metres (floor at z = 0), color [N, 3] 0..255, normal [N, 3],
@@ -315,19 +329,23 @@ def generate_room(seed: int, *, num_objects: Optional[int] = None,
     raise SceneError(f"{name}: need 1 <= num_objects <= 60, room sides >= 2 m and a positive "
                      f"point_density; got {num_objects}, {(lx, ly)}, {density}.")
 
+  pool = object_kinds(kinds)
   # Distinct kinds first so that every room with >= 10 objects covers >= 10 classes.
-  weights = np.array([kind.frequency for kind in OBJECTS])
-  first = list(rng.permutation(len(OBJECTS))[:num_objects])
-  extra = list(rng.choice(len(OBJECTS), num_objects - len(first), p=weights / weights.sum()))
+  weights = np.array([kind.frequency for kind in pool])
+  first = list(rng.permutation(len(pool))[:num_objects])
+  extra = list(rng.choice(len(pool), num_objects - len(first), p=weights / weights.sum()))
   # Largest first; an object that finds no free spot is swapped for a small one.
-  chosen = sorted((OBJECTS[i] for i in first + extra), key=lambda k: -_nominal_area(k))
+  chosen = sorted((pool[i] for i in first + extra), key=lambda k: -_nominal_area(k))
+  fallback = SMALL_FALLBACK if not kinds else tuple(sorted(pool, key=_nominal_area))[:3]
   objects, placed = [], []
   for kind in chosen:
-    for candidate in (kind,) + SMALL_FALLBACK:
+    for candidate in (kind,) + fallback:
       result = _place(rng, candidate, (lx, ly), placed)
       if result is not None:
         break
     else:
+      if kinds:  # a chosen subset may not fill the room: fewer objects, never other kinds
+        continue
       raise SceneError(f"{name}: cannot place {num_objects} objects without overlap in a "
                        f"{lx:.1f} x {ly:.1f} m room; use fewer objects or a larger room.")
     objects.append((candidate, result[0]))

@@ -14,9 +14,6 @@ resume from their checkpoints (WORKDIR/pretrain/<variant>__seed<k>, WORKDIR/runs
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -51,7 +48,18 @@ def pretrain_base(study):
   config.train.eval_every = int(study.offset_eval_every)
   config.train.num_eval_scenes = int(study.offset_eval_scenes)
   config.data.num_scenes = int(study.num_scenes)
+  _override(config, study.data_overrides)
   return config
+
+
+def _override(config, overrides) -> None:
+  """Applies ((dotted key, value), ...) to `config`; KeyError naming an unknown field."""
+  for key, value in overrides:
+    parent, _, leaf = key.rpartition(".")
+    node = study_lib.lookup(config, parent) if parent else config
+    if leaf not in node:
+      raise KeyError(f"study override {key!r}: the config has no field {leaf!r}.")
+    node[leaf] = value
 
 
 def probe_base(study, ceiling: bool = False):
@@ -67,9 +75,8 @@ def probe_base(study, ceiling: bool = False):
   config.train.num_eval_scenes = int(study.num_eval_scenes)
   config.train.num_figures = 0
   config.data.num_scenes = int(study.num_scenes)
-  for key, value in study.probe_overrides:
-    parent, _, leaf = key.rpartition(".")
-    study_lib.lookup(config, parent)[leaf] = value
+  _override(config, study.data_overrides)
+  _override(config, study.probe_overrides)
   if ceiling:
     config.pretrained = ""
     # From random init the encoder must learn at the head's rate (finetuning a pretrained
@@ -78,30 +85,6 @@ def probe_base(study, ceiling: bool = False):
   return config
 
 
-# Fields that change how a run looks, not what it computes: left out of the config hash.
-_COSMETIC = ("progress_bar", "tensorboard", "log_every", "checkpoint_every",
-             "keep_checkpoints", "num_figures", "inner_progress_bars", "records_dir",
-             "report_path", "tables", "seeds")
-
-
-def _strip(tree):
-  if isinstance(tree, dict):
-    return {k: _strip(v) for k, v in sorted(tree.items()) if k not in _COSMETIC}
-  if isinstance(tree, (list, tuple)):
-    return [_strip(v) for v in tree]
-  return tree
-
-
-def make_fingerprint(study, pretrain, probe, ceiling):
-  """run -> sha256 (16 hex digits) of everything that determines its result: the run, the
-  pretraining config, the probe config it uses and the study's budget fields."""
-  def fingerprint(run: study_lib.Run) -> str:
-    used = ceiling if run.variant == study_lib.SUPERVISED else probe
-    blob = json.dumps(_strip(dict(run=dataclasses.asdict(run), study=study.to_dict(),
-                                  pretrain=pretrain.to_dict(), probe=used.to_dict())),
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-  return fingerprint
 
 
 def fit_prior(spec: dict, pretrain_config, seed: int, path: str) -> dict:
@@ -216,7 +199,7 @@ def main(argv):
   runner, pretrain, probe, ceiling = make_runner(study, workdir)
   plan = study_lib.make_plan(study, pretrain, probe.task)
   records_dir, report_path = (_in_repo(study.records_dir), _in_repo(study.report_path))
-  fingerprint = make_fingerprint(study, pretrain, probe, ceiling)
+  fingerprint = study_lib.make_fingerprint(study, pretrain, probe, ceiling)
   if _REPORT_ONLY.value:
     records = study_lib.finished(plan, workdir, records_dir, fingerprint, print)
   else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -377,6 +378,38 @@ def execute(plan: Plan, workdir: str, runner: Runner, *, records_dir: str = "",
     _write_json(result_path(workdir, run, records_dir), record)
     records[run.name] = record
   return records
+
+
+# Fields that change how a run looks, not what it computes: left out of the config hash.
+_COSMETIC = ("progress_bar", "tensorboard", "log_every", "checkpoint_every",
+             "keep_checkpoints", "num_figures")
+
+
+def _strip(tree):
+  if isinstance(tree, dict):
+    return {k: _strip(v) for k, v in sorted(tree.items()) if k not in _COSMETIC}
+  if isinstance(tree, (list, tuple)):
+    return [_strip(v) for v in tree]
+  return tree
+
+
+def make_fingerprint(study, pretrain, probe, ceiling):
+  """run -> sha256 (16 hex digits) of everything that determines its result: the run, the
+  configs it uses with the study's budget applied (pretraining: every run but the ceiling,
+  whose random-init encoder has none; probe: probe runs, the ceiling's for the ceiling;
+  Table 13's scene count: unsup runs). A change elsewhere (e.g. the ceiling's steps)
+  leaves the other runs' records valid."""
+  def fingerprint(run: Run) -> str:
+    used = dict(run=dataclasses.asdict(run))
+    if run.variant != SUPERVISED:
+      used["pretrain"] = pretrain.to_dict()
+    if run.kind == "probe":
+      used["probe"] = (ceiling if run.variant == SUPERVISED else probe).to_dict()
+    else:
+      used["unsup"] = dict(scenes=int(study.unsup_scenes), batch_size=int(study.batch_size))
+    blob = json.dumps(_strip(used), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprint
 
 
 # -------------------------------------------------------------------------- aggregation

@@ -259,3 +259,26 @@ def test_all_zero_priors_are_inconclusive_not_robust(tmp_path):
   robust = [c for text, c in verdicts.items() if "robust" in text]
   assert [c.verdict for c in robust] == ["inconclusive"]
   assert "every prior scores mAP 0" in robust[0].evidence
+
+
+def test_fingerprint_follows_what_a_run_uses():
+  """A run's config hash changes with the configs it uses and only with those."""
+  from configs import probe_indoor
+  config = study_indoor.get_config("small,tables=table3+table13")
+  base = pointins_indoor.get_config("demo")
+  probe = probe_indoor.get_config("linear_insseg,demo")
+  ceiling = probe_indoor.get_config("finetune_insseg,demo")
+  plan = study.make_plan(config, base, "insseg")
+  by_variant = {(r.variant, r.kind): r for r in plan.runs if r.seed == 0}
+  before = study.make_fingerprint(config, base, probe, ceiling)
+  longer = ceiling.copy_and_resolve_references()
+  longer.train.total_steps += 1
+  after = study.make_fingerprint(config, base, probe, longer)
+  changed = {key for key, run in by_variant.items() if before(run) != after(run)}
+  assert changed == {(study.SUPERVISED, "probe")}
+  cosmetic = base.copy_and_resolve_references()
+  cosmetic.train.progress_bar = not cosmetic.train.progress_bar
+  assert study.make_fingerprint(config, cosmetic, probe, ceiling)(
+      by_variant[("dos", "probe")]) == before(by_variant[("dos", "probe")])
+  seed1 = next(r for r in plan.runs if r.variant == "dos" and r.seed == 1)
+  assert before(seed1) != before(by_variant[("dos", "probe")])

@@ -368,10 +368,17 @@ def execute(plan: Plan, workdir: str, runner: Runner, *, records_dir: str = "",
     bar.set_postfix_str(run.name)
     folder = run_dir(workdir, run)
     os.makedirs(folder, exist_ok=True)
+    # Time spent by earlier, interrupted attempts (they resume from checkpoints) counts too.
+    spent_path = os.path.join(folder, "wall_s_before.json")
+    spent = json.load(open(spent_path, encoding="utf-8")) if os.path.isfile(spent_path) else 0.0
     start = time.perf_counter()
-    metrics = runner(run, folder)
+    try:
+      metrics = runner(run, folder)
+    except BaseException:
+      _write_json(spent_path, spent + time.perf_counter() - start)
+      raise
     record = dict(run=dataclasses.asdict(run), metrics=metrics,
-                  wall_s=time.perf_counter() - start,
+                  wall_s=spent + time.perf_counter() - start,
                   finished=datetime.datetime.now().isoformat(timespec="seconds"))
     if fingerprint is not None:
       record["config_hash"] = fingerprint(run)

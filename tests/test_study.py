@@ -236,6 +236,13 @@ def test_a_failed_run_is_not_marked_finished(tmp_path):
     study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
   done = {r.name for r in plan.runs if study.load_result(str(tmp_path), r)}
   assert done == {plan.runs[0].name}  # random_init ran first; dos failed; rest not started
+  # The failed attempt's time is kept and added when the run finishes.
+  dos = next(r for r in plan.runs if r.variant == "dos")
+  assert os.path.isfile(os.path.join(study.run_dir(str(tmp_path), dos), "wall_s_before.json"))
+  with open(os.path.join(study.run_dir(str(tmp_path), dos), "wall_s_before.json"), "w") as f:
+    f.write("100.0")
+  records = study.execute(plan, str(tmp_path), fake, progress=False, log=lambda *_: None)
+  assert records[dos.name]["wall_s"] >= 100.0
 
 
 @pytest.mark.slow

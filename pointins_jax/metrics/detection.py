@@ -11,9 +11,12 @@ DetectionMetrics, configs/detection_cvpr_2019.json), step by step:
    `origin` argument (default: the scene frame's origin, i.e. the sensor), or per-box
    distances (`ego_distance`) for the ground truth. For nuScenes scenes in the LIDAR_TOP
    frame the devkit measures from the ego pose (rear axle), about 0.94 m behind the LiDAR:
-   pass that origin for exact filtering of predictions. Not reproduced: the devkit's
-   bike-rack filter (bicycles/motorcycles inside a `static_object.bicycle_rack` box), which
-   needs annotations this project does not keep.
+   pass that origin for exact filtering of predictions. (The devkit works in the global
+   frame; BEV distances, yaw and velocity differences are the same in a sensor frame up
+   to the sensor's small tilt, as long as both sides use that frame.) Not reproduced: the
+   devkit's bike-rack filter (bicycles/motorcycles inside a `static_object.bicycle_rack`
+   box), which needs annotations this project does not keep. More than
+   `max_boxes_per_sample` (500) predictions in a scene is an error, as in the devkit.
 2. Matching (accumulate), per class and distance threshold: predictions of the class over
    all scenes in descending score; equal scores in the devkit's order, which is
    `sorted((score, index))[::-1]`, i.e. the one later in the scene-by-scene, box-by-box
@@ -41,9 +44,9 @@ velocity) or without an attribute (-1) gives a NaN error, left out of the runnin
 in the devkit; so does a scene without `velocity` on either side (all NaN -> 1, as
 there). When no scene has `velocity` on both sides (the ground truth or the predictions
 have none), AVE is reported N/A (NaN) for every class and mAVE is NaN; likewise
-`attribute` and AAE. NDS then scores that metric 0, which
-is the devkit's own arithmetic for a NaN mTP (`max(0.0, 1 - nan)` is 0.0) and equals what
-it gives for all-missing errors (error 1).
+`attribute` and AAE. NDS then scores that metric 0, which is the devkit's own arithmetic
+for a NaN mTP (`max(0.0, 1 - nan)` is 0.0) and equals what it gives for all-missing
+errors (error 1).
 
 Saved predictions (`experiments.evaluate --task detection`): one `PRED_DIR/<scene>.npz`
 per ground-truth scene folder, in the scene's frame (as its box_*.npy files):

@@ -45,7 +45,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pointins_jax import cli  # first: before jax is imported (cli docstring)
-from pointins_jax.data.boxes import BOX_FILES, Boxes
+from pointins_jax.data import pointcept_io
+from pointins_jax.data.boxes import Boxes
 from pointins_jax.metrics import detection, instance, panoptic, report, semantic, unsupervised
 from pointins_jax.metrics.protocol import Protocol, protocol_for  # noqa: F401  (re-exported)
 
@@ -73,30 +74,17 @@ def read_ground_truth(folder: str, protocol: Protocol, task: str):
 
 
 def read_detection_ground_truth(folder: str) -> tuple[Boxes, dict]:
-  """(Boxes [G], per-box extras) of a scene folder; extras keyed as `add_scene`'s arguments.
-
-  A stand-in for `pointcept_io.read_boxes` / `read_box_extras` (same files), to be swapped
-  for them once they land.
-  """
-  def load(name, required=True):
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-      if required:
-        raise FileNotFoundError(f"{path}: missing ground-truth box file (detection needs "
-                                "box_center/size/yaw/label.npy in every scene folder).")
-      return None
-    return np.load(path)
-  values = {field: load(name, field not in ("velocity", "attribute"))
-            for field, name in BOX_FILES.items()}
-  boxes = Boxes(**values).validate(folder)
-  extras = {}
-  num_points, radar = load("box_num_points.npy", False), load("box_num_radar_points.npy", False)
-  if num_points is not None:
-    extras["num_points"] = num_points if radar is None else num_points + radar
-  for key, name in (("velocity_known", "box_velocity_known.npy"),
-                    ("ego_distance", "box_ego_distance.npy")):
-    if (value := load(name, False)) is not None:
-      extras[key] = value
+  """(Boxes [G], per-box extras) of a scene folder; extras keyed as `add_scene`'s arguments
+  (lidar + radar points for the zero-point filter, velocity_known, ego_distance)."""
+  boxes = pointcept_io.read_boxes(folder)
+  if boxes is None:
+    raise FileNotFoundError(f"{folder}: no ground-truth boxes (detection needs "
+                            "box_center/size/yaw/label.npy in every scene folder; "
+                            "`prepare_data nuscenes` writes them).")
+  extras = pointcept_io.read_box_extras(folder, len(boxes))
+  radar = extras.pop("num_radar_points", None)
+  if radar is not None and "num_points" in extras:
+    extras["num_points"] = extras["num_points"] + radar
   return boxes, extras
 
 

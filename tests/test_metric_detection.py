@@ -14,6 +14,7 @@ import pytest
 
 from experiments import evaluate
 from pointins_jax.data.boxes import DETECTION_CLASSES, BoxError, Boxes
+from pointins_jax.data.scene import SceneError
 from pointins_jax.metrics import detection, report
 
 CAR, TRUCK, PEDESTRIAN = (DETECTION_CLASSES.index(c) for c in ("car", "truck", "pedestrian"))
@@ -275,5 +276,9 @@ def test_evaluate_cli_detection(tmp_path, capsys):
   with pytest.raises(FileNotFoundError, match="b.npz: missing prediction file"):
     evaluate.evaluate_detection(str(pred_dir), str(gt_dir))
   os.remove(gt_dir / "a" / "box_yaw.npy")
-  with pytest.raises(FileNotFoundError, match="a/box_yaw.npy: missing"):
+  with pytest.raises(SceneError, match="a/box_yaw.npy: missing"):
+    evaluate.evaluate_detection(str(pred_dir), str(gt_dir))
+  for path in (gt_dir / "a").glob("box_*.npy"):
+    os.remove(path)
+  with pytest.raises(FileNotFoundError, match="a: no ground-truth boxes"):
     evaluate.evaluate_detection(str(pred_dir), str(gt_dir))

@@ -1,0 +1,229 @@
+"""Detection evaluation: per-scene boxes in the scene frame, predictions/*.npz, BEV figures.
+
+A validation scan is cut like the segmentation evaluation (`loader.iterate_eval_fragments`),
+but only its first test-mode grid fragment is used (one point per cell: the grid sample a
+training view sees). Each chunk is decoded in its own (re-centred) frame, moved back to the
+scan's frame, and the candidates of all chunks go through one score threshold, per-group
+circle NMS and the detection cap (`detection.postprocess`), so boxes cut by a chunk border
+are merged.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from pointins_jax import compilation
+from pointins_jax.data import loader as loader_lib
+from pointins_jax.data import transforms
+from pointins_jax.data.boxes import DETECTION_CLASSES
+from pointins_jax.data.scene import Scene
+from pointins_jax.model import configs as model_configs
+from pointins_jax.probe import detection as det
+from pointins_jax.probe import detection_train
+from pointins_jax.probe import inference
+
+BOX_KEYS = ("center", "size", "yaw", "label", "score", "velocity")
+
+
+def make_predict_fn(config, params) -> Callable[[dict], dict]:
+  """numpy batch -> top-k candidates per row and group (numpy), jitted on one device."""
+  params = jax.device_get(params)
+  predict = jax.jit(functools.partial(detection_train.predict, config=config),
+                    static_argnames=("stage_capacities",))
+  planner = compilation.CapacityPlanner()
+
+  def apply(batch):
+    batch = dict(batch)
+    caps = planner.pop_and_choose(batch)
+    return {k: np.asarray(v) for k, v in predict(params, batch, stage_capacities=caps).items()}
+
+  return apply
+
+
+def _eval_data_config(data_config):
+  """Evaluation batches need no boxes (scenes of a test split have none)."""
+  data = ml_collections.ConfigDict(data_config.to_dict())
+  data.with_boxes = False
+  return data
+
+
+def scene_detections(scene: Scene, config, predict_fn: Callable[[dict], dict]) -> dict:
+  """The detector's boxes of one scan, in the scan's own frame (numpy, best first).
+
+  Returns {center [K, 3], size [K, 3], yaw [K], label [K] (class id), score [K]
+  [, velocity [K, 2]]}.
+  """
+  spec = det.spec_from_config(config.detection)
+  d = config.detection
+  # The chunks' frame: x_chunk = origin + t with origin = scene.coord - shift (`views.centred`).
+  shift = transforms.center_shift_offset(scene.coord).astype(np.float64)
+  pieces = []
+  capacities = functools.partial(model_configs.stage_capacities, config.model)
+  for batch in loader_lib.iterate_eval_fragments(
+      scene, _eval_data_config(config.data), batch_size=config.train.batch_size,
+      stage_capacities_fn=capacities, max_fragments=1):
+    rows = np.flatnonzero(batch["valid"].any(axis=1))
+    if not np.allclose(batch["view_linear"][rows], np.eye(3), atol=1e-6):
+      raise RuntimeError("test fragments must be un-rotated; views.fragment_views applied a "
+                         "linear transform.")
+    out = predict_fn({k: batch[k] for k in inference.MODEL_KEYS + inference.CAPACITY_KEYS
+                      if k in batch})
+    for r in rows:
+      flat = {k: v[r].reshape((-1,) + v.shape[3:]) for k, v in out.items()}
+      keep = flat["score"] > d.score_threshold
+      flat = {k: v[keep] for k, v in flat.items()}
+      flat["center"] = (flat["center"].astype(np.float64) - batch["view_translation"][r]
+                        + shift)
+      pieces.append(flat)
+  candidates = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+  return det.postprocess(candidates, spec, score_threshold=d.score_threshold,
+                         nms_min_radius=d.nms_min_radius, post_max_size=d.post_max_size,
+                         max_detections=d.max_detections)
+
+
+def write_predictions(path: str, boxes: dict) -> None:
+  """predictions/<scene>.npz: box_center, box_size, box_yaw, box_label, box_score
+  [, box_velocity]."""
+  np.savez(path, **{f"box_{k}": np.asarray(v) for k, v in boxes.items()})
+
+
+def _metric_fn():
+  """The nuScenes detection metric (branch det-13b), or None when it is not installed."""
+  try:
+    from pointins_jax.metrics import detection as detection_metrics  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return detection_metrics
+
+
+def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int = 0,
+             log=print, predictions_fn: Optional[Callable[[Scene], dict]] = None) -> dict:
+  """Detects boxes on the first `train.num_eval_scenes` val scans and scores them.
+
+  Writes `out_dir/predictions/<scene>.npz` and `out_dir/figures/bev_<i>_<scene>.png`
+  (the first `num_figures` scenes) when `out_dir` is given.
+
+  Returns:
+    {"num_scenes", "num_predictions", "num_gt_boxes", "predictions" (folder), "figures"}
+    plus the metric's result (mAP, NDS, per-class APs) when pointins_jax.metrics.detection
+    is available; otherwise "metric": a sentence saying why there is none.
+  """
+  if predictions_fn is None:
+    predict = make_predict_fn(config, params)
+    predictions_fn = lambda scene: scene_detections(scene, config, predict)
+  pred_dir = fig_dir = None
+  if out_dir is not None:
+    pred_dir = os.path.join(out_dir, "predictions")
+    os.makedirs(pred_dir, exist_ok=True)
+  gts, preds, figures, names = [], [], [], []
+  for i, scene in enumerate(inference.eval_scenes(config.data, config.train.num_eval_scenes)):
+    boxes = predictions_fn(scene)
+    names.append(scene.name)
+    preds.append(boxes)
+    gts.append(scene.boxes)
+    if pred_dir is not None:
+      write_predictions(os.path.join(pred_dir, f"{scene.name}.npz"), boxes)
+    if out_dir is not None and i < num_figures:
+      fig_dir = os.path.join(out_dir, "figures")
+      os.makedirs(fig_dir, exist_ok=True)
+      figures.append(bev_figure(os.path.join(fig_dir, f"bev_{i:03d}_{scene.name}.png"),
+                                scene, boxes, config.detection))
+    log(f"eval scene {i + 1} ({scene.name}): {len(boxes['score'])} boxes, "
+        f"{0 if scene.boxes is None else len(scene.boxes)} ground truth")
+  if not names:
+    raise ValueError("config.train.num_eval_scenes selects no validation scene.")
+  result = dict(num_scenes=len(names), num_predictions=int(sum(len(p["score"]) for p in preds)),
+                num_gt_boxes=int(sum(0 if g is None else len(g) for g in gts)),
+                predictions=pred_dir, figures=figures, class_counts=class_counts(gts, preds))
+  metrics = _metric_fn()
+  if metrics is None:
+    result["metric"] = ("not computed: pointins_jax.metrics.detection (the nuScenes "
+                        "mAP/NDS metric) is not in this checkout")
+  elif any(g is None for g in gts):
+    result["metric"] = "not computed: the evaluation split has no ground-truth boxes"
+  else:
+    result.update(score_detections(metrics, names, gts, preds, config))
+  return result
+
+
+def score_detections(metrics, names, gts, preds, config) -> dict:
+  """Placeholder until the metric lands; replaced on merge of det-13b."""
+  del metrics, names, gts, preds, config
+  return {"metric": "not computed: metric adapter missing"}
+
+
+def bev_figure(path: str, scene: Scene, boxes: dict, det_config, max_points: int = 30_000
+               ) -> str:
+  """Top view: the scan's points, ground-truth boxes (green) and predictions (red, alpha =
+  score) with their heading; the BEV grid's range around the scan centre (dashed)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(9, 9))
+  coord = scene.coord
+  if len(coord) > max_points:
+    coord = coord[np.random.default_rng(0).choice(len(coord), max_points, replace=False)]
+  ax.scatter(coord[:, 0], coord[:, 1], s=0.3, c="0.6", linewidths=0)
+
+  def draw(center, size, yaw, color, alpha, label=None):
+    c, s = np.cos(yaw), np.sin(yaw)
+    corners = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1], [1, 1]]) * size[:2] / 2
+    xy = corners @ np.array([[c, s], [-s, c]]) + center[:2]
+    ax.plot(xy[:, 0], xy[:, 1], color=color, alpha=alpha, lw=1.2, label=label)
+    ax.plot([center[0], center[0] + c * size[0] / 2], [center[1], center[1] + s * size[0] / 2],
+            color=color, alpha=alpha, lw=1.2)
+
+  gt = scene.boxes
+  if gt is not None:
+    for k in range(len(gt)):
+      draw(gt.center[k], gt.size[k], gt.yaw[k], "tab:green", 1.0,
+           "ground truth" if k == 0 else None)
+  for k in range(len(boxes["score"])):
+    draw(boxes["center"][k], boxes["size"][k], boxes["yaw"][k], "tab:red",
+         float(np.clip(boxes["score"][k], 0.15, 1.0)), "predicted" if k == 0 else None)
+  x0, y0, x1, y1 = det_config.xy_range
+  shift = transforms.center_shift_offset(scene.coord)
+  ax.plot(np.array([x0, x1, x1, x0, x0]) + shift[0], np.array([y0, y0, y1, y1, y0]) + shift[1],
+          "k--", lw=0.6)
+  ax.set_aspect("equal")
+  ax.set_title(f"{scene.name}: {0 if gt is None else len(gt)} GT (green), "
+               f"{len(boxes['score'])} predicted (red, alpha = score)")
+  handles = ax.get_legend_handles_labels()
+  if handles[0]:
+    ax.legend(loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
+def format_result(result: dict) -> str:
+  """A per-class table (predicted / ground-truth boxes, and AP when the metric ran)."""
+  per_class = result.get("per_class", {})
+  lines = [f"detection: {result['num_scenes']} scenes, {result['num_predictions']} predicted, "
+           f"{result['num_gt_boxes']} ground-truth boxes"]
+  if "mAP" in result:
+    lines.append(f"mAP {result['mAP']:.4f}  NDS {result.get('NDS', float('nan')):.4f}")
+  else:
+    lines.append(f"metric {result.get('metric', '')}")
+  lines += ["| class | predicted | ground truth | AP |", "|---|---|---|---|"]
+  for name in DETECTION_CLASSES:
+    counts = result["class_counts"].get(name, {})
+    ap = per_class.get(name, {}).get("AP") if isinstance(per_class.get(name), dict) else None
+    lines.append(f"| {name} | {counts.get('predicted', 0)} | {counts.get('gt', 0)} | "
+                 f"{'-' if ap is None else f'{ap:.4f}'} |")
+  return "\n".join(lines)
+
+
+def class_counts(gts, preds) -> dict:
+  """Per class name: {"predicted": n, "gt": n} over the evaluated scenes."""
+  out = {}
+  for i, name in enumerate(DETECTION_CLASSES):
+    out[name] = dict(predicted=int(sum(np.sum(p["label"] == i) for p in preds)),
+                     gt=int(sum(0 if g is None else np.sum(g.label == i) for g in gts)))
+  return out

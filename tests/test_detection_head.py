@@ -230,3 +230,29 @@ def test_center_head_shapes():
   out = head.apply(params, coord, jnp.ones((2, 16, 5)), jnp.ones((2, 16), bool))
   assert out["heatmap"].shape == (2, 32, 32, 3) and out["reg"].shape == (2, 32, 32, 3, 10)
   np.testing.assert_allclose(np.asarray(out["heatmap"]).mean(), det.HEATMAP_BIAS, atol=1.0)
+
+
+def test_probe_batches_carry_padded_boxes():
+  from pointins_jax.data import batching
+  from pointins_jax.data import config as data_config_lib
+  from pointins_jax.data import loader as loader_lib
+  from pointins_jax.data import synthetic_outdoor
+  from pointins_jax.data import views
+  config = data_config_lib.data_config("outdoor")
+  config.update(num_scenes=2, synthetic_small=True, buckets=(2048,), with_boxes=True,
+                max_boxes=4)
+  config.augment.rotate_xy_p = 0.0
+  batch = next(loader_lib.make_probe_iterator(config, seed=0, batch_size=2))
+  assert batch["box_center"].shape == (2, 4, 3) and batch["box_valid"].shape == (2, 4)
+  assert batch["box_label"][~batch["box_valid"]].tolist() == [-1] * int((~batch["box_valid"]).sum())
+  assert batch["boxes_dropped"].shape == (2,) and batch["box_valid"].any()
+  # One view by hand: the first max_boxes boxes, the rest counted as dropped.
+  scene = synthetic_outdoor.generate_sweep(0, azimuth_steps=300)
+  view = views.probe_view(scene, config, np.random.default_rng(0), augment=False)
+  n, dropped = len(view["boxes"]), view["boxes_dropped"]
+  out = batching.collate([[view]], buckets=(8192,), grid_size=0.05, with_views=False,
+                         max_boxes=4)
+  assert out["box_valid"][0].sum() == min(n, 4)
+  assert out["boxes_dropped"][0] == dropped + max(n - 4, 0)
+  np.testing.assert_allclose(out["box_center"][0, :min(n, 4)], view["boxes"].center[:4])
+  np.testing.assert_allclose(out["box_yaw"][0, :min(n, 4)], view["boxes"].yaw[:4])

@@ -75,8 +75,7 @@ def add_detection_fields(config) -> None:
       min_overlap=0.1, min_radius=2,  # CenterPoint's gaussian_overlap / min_radius (cells)
       # L1 weights of (dx, dy, z, log l, log w, log h, sin, cos, vx, vy); loss weight of reg.
       code_weights=(1.0,) * 8 + (0.2, 0.2), reg_weight=0.25,
-      topk=500, score_threshold=0.1, post_max_size=83, max_detections=500,
-      num_figure_scenes=3))
+      topk=500, score_threshold=0.1, post_max_size=83, max_detections=500))
 
 
 def get_probe_config(kind: str, arg, default_variant: str) -> ml_collections.ConfigDict:

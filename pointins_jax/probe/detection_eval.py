@@ -132,7 +132,7 @@ def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int 
       fig_dir = os.path.join(out_dir, "figures")
       os.makedirs(fig_dir, exist_ok=True)
       figures.append(bev_figure(os.path.join(fig_dir, f"bev_{i:03d}_{scene.name}.png"),
-                                scene, boxes, config.detection))
+                                scene, boxes))
     log(f"eval scene {i + 1} ({scene.name}): {len(boxes['score'])} boxes, "
         f"{0 if scene.boxes is None else len(scene.boxes)} ground truth")
   if not names:
@@ -157,14 +157,15 @@ def score_detections(metrics, names, gts, preds, config) -> dict:
   return {"metric": "not computed: metric adapter missing"}
 
 
-def bev_figure(path: str, scene: Scene, boxes: dict, det_config, max_points: int = 30_000
-               ) -> str:
+def bev_figure(path: str, scene: Scene, boxes: dict, max_points: int = 30_000) -> str:
   """Top view: the scan's points, ground-truth boxes (green) and predictions (red, alpha =
-  score) with their heading; the BEV grid's range around the scan centre (dashed)."""
+  score), each with a heading tick."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(9, 9))
+  extent = np.ptp(scene.coord[:, :2], axis=0) + 1.0
+  width = 12.0
+  fig, ax = plt.subplots(figsize=(width, float(np.clip(width * extent[1] / extent[0] + 1, 4, 14))))
   coord = scene.coord
   if len(coord) > max_points:
     coord = coord[np.random.default_rng(0).choice(len(coord), max_points, replace=False)]
@@ -174,7 +175,7 @@ def bev_figure(path: str, scene: Scene, boxes: dict, det_config, max_points: int
     c, s = np.cos(yaw), np.sin(yaw)
     corners = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1], [1, 1]]) * size[:2] / 2
     xy = corners @ np.array([[c, s], [-s, c]]) + center[:2]
-    ax.plot(xy[:, 0], xy[:, 1], color=color, alpha=alpha, lw=1.2, label=label)
+    ax.plot(xy[:, 0], xy[:, 1], color=color, alpha=alpha, lw=1.5, label=label)
     ax.plot([center[0], center[0] + c * size[0] / 2], [center[1], center[1] + s * size[0] / 2],
             color=color, alpha=alpha, lw=1.2)
 
@@ -186,10 +187,6 @@ def bev_figure(path: str, scene: Scene, boxes: dict, det_config, max_points: int
   for k in range(len(boxes["score"])):
     draw(boxes["center"][k], boxes["size"][k], boxes["yaw"][k], "tab:red",
          float(np.clip(boxes["score"][k], 0.15, 1.0)), "predicted" if k == 0 else None)
-  x0, y0, x1, y1 = det_config.xy_range
-  shift = transforms.center_shift_offset(scene.coord)
-  ax.plot(np.array([x0, x1, x1, x0, x0]) + shift[0], np.array([y0, y0, y1, y1, y0]) + shift[1],
-          "k--", lw=0.6)
   ax.set_aspect("equal")
   ax.set_title(f"{scene.name}: {0 if gt is None else len(gt)} GT (green), "
                f"{len(boxes['score'])} predicted (red, alpha = score)")

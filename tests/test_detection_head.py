@@ -297,3 +297,28 @@ def test_eval_chunk_boxes_map_back_to_the_scan_frame(tmp_path):
   detection_eval.write_predictions(str(tmp_path / "p.npz"), boxes)
   with np.load(tmp_path / "p.npz") as f:
     np.testing.assert_array_equal(f["box_center"], boxes["center"])
+
+
+def test_ground_truth_predictions_score_perfectly():
+  """The evaluation path (attributes, Boxes conversion, metric) with GT boxes as predictions."""
+  from pointins_jax.data import synthetic_outdoor
+  from pointins_jax.metrics import detection as detection_metrics
+  from pointins_jax.probe import detection_eval
+  scene = synthetic_outdoor.generate_sweep(1_000_000, azimuth_steps=300)
+  gt = scene.boxes
+  boxes = dict(center=gt.center, size=gt.size, yaw=gt.yaw, label=gt.label,
+               score=np.linspace(0.9, 0.5, len(gt)))
+  boxes["attribute"] = detection_eval.predicted_attributes(boxes["label"], None)
+  evaluator = detection_metrics.DetectionEvaluator()
+  detection_eval.add_scene(evaluator, scene, boxes)
+  result = evaluator.result()
+  present = {DETECTION_CLASSES[c] for c in gt.label}
+  for name in present:
+    assert result["classes"][name]["AP"] == pytest.approx(1.0)
+    assert result["classes"][name]["ATE"] == pytest.approx(0.0, abs=1e-6)
+  # Default attributes: a standing pedestrian, a parked car.
+  attrs = detection_eval.predicted_attributes(np.array([PED, CAR]), None)
+  from pointins_jax.data.boxes import DETECTION_ATTRIBUTES
+  assert [DETECTION_ATTRIBUTES[a] for a in attrs] == ["pedestrian.standing", "vehicle.parked"]
+  attrs = detection_eval.predicted_attributes(np.array([CAR]), np.array([[1.0, 0.0]]))
+  assert DETECTION_ATTRIBUTES[attrs[0]] == "vehicle.moving"

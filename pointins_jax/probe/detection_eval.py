@@ -20,14 +20,16 @@ import numpy as np
 from pointins_jax import compilation
 from pointins_jax.data import loader as loader_lib
 from pointins_jax.data import transforms
-from pointins_jax.data.boxes import DETECTION_CLASSES
+from pointins_jax.data import pointcept_io
+from pointins_jax.data.boxes import (DETECTION_ATTRIBUTES, DETECTION_CLASSES, NO_ATTRIBUTE,
+                                     Boxes)
 from pointins_jax.data.scene import Scene
+from pointins_jax.metrics import detection as detection_metrics
 from pointins_jax.model import configs as model_configs
 from pointins_jax.probe import detection as det
 from pointins_jax.probe import detection_train
 from pointins_jax.probe import inference
 
-BOX_KEYS = ("center", "size", "yaw", "label", "score", "velocity")
 
 
 def make_predict_fn(config, params) -> Callable[[dict], dict]:
@@ -87,18 +89,9 @@ def scene_detections(scene: Scene, config, predict_fn: Callable[[dict], dict]) -
 
 
 def write_predictions(path: str, boxes: dict) -> None:
-  """predictions/<scene>.npz: box_center, box_size, box_yaw, box_label, box_score
-  [, box_velocity]."""
+  """predictions/<scene>.npz: box_center, box_size, box_yaw, box_label, box_score,
+  box_attribute [, box_velocity] (`metrics.detection` PRED_FILES, `experiments.evaluate`)."""
   np.savez(path, **{f"box_{k}": np.asarray(v) for k, v in boxes.items()})
-
-
-def _metric_fn():
-  """The nuScenes detection metric (branch det-13b), or None when it is not installed."""
-  try:
-    from pointins_jax.metrics import detection as detection_metrics  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  return detection_metrics
 
 
 def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int = 0,
@@ -110,8 +103,8 @@ def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int 
 
   Returns:
     {"num_scenes", "num_predictions", "num_gt_boxes", "predictions" (folder), "figures"}
-    plus the metric's result (mAP, NDS, per-class APs) when pointins_jax.metrics.detection
-    is available; otherwise "metric": a sentence saying why there is none.
+    "class_counts" and the nuScenes metric (`pointins_jax.metrics.detection`: mAP, NDS,
+    mATE..mAAE, "per_class" AP and TP errors); without ground-truth boxes "metric" says so.
   """
   if predictions_fn is None:
     predict = make_predict_fn(config, params)
@@ -120,12 +113,16 @@ def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int 
   if out_dir is not None:
     pred_dir = os.path.join(out_dir, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
-  gts, preds, figures, names = [], [], [], []
+  gts, preds, figures, names = [], [], [], []  # boxes only: scans are not kept
+  evaluator = detection_metrics.DetectionEvaluator()
   for i, scene in enumerate(inference.eval_scenes(config.data, config.train.num_eval_scenes)):
     boxes = predictions_fn(scene)
+    boxes["attribute"] = predicted_attributes(boxes["label"], boxes.get("velocity"))
     names.append(scene.name)
-    preds.append(boxes)
+    preds.append({k: boxes[k] for k in ("label", "score")})
     gts.append(scene.boxes)
+    if scene.boxes is not None:
+      add_scene(evaluator, scene, boxes)
     if pred_dir is not None:
       write_predictions(os.path.join(pred_dir, f"{scene.name}.npz"), boxes)
     if out_dir is not None and i < num_figures:
@@ -140,21 +137,67 @@ def evaluate(config, params, *, out_dir: Optional[str] = None, num_figures: int 
   result = dict(num_scenes=len(names), num_predictions=int(sum(len(p["score"]) for p in preds)),
                 num_gt_boxes=int(sum(0 if g is None else len(g) for g in gts)),
                 predictions=pred_dir, figures=figures, class_counts=class_counts(gts, preds))
-  metrics = _metric_fn()
-  if metrics is None:
-    result["metric"] = ("not computed: pointins_jax.metrics.detection (the nuScenes "
-                        "mAP/NDS metric) is not in this checkout")
-  elif any(g is None for g in gts):
+  if any(g is None for g in gts):
     result["metric"] = "not computed: the evaluation split has no ground-truth boxes"
   else:
-    result.update(score_detections(metrics, names, gts, preds, config))
+    metric = evaluator.result()
+    result.update({k: v for k, v in metric.items() if k not in ("classes", "num_scenes")},
+                  per_class=metric["classes"])
   return result
 
 
-def score_detections(metrics, names, gts, preds, config) -> dict:
-  """Placeholder until the metric lands; replaced on merge of det-13b."""
-  del metrics, names, gts, preds, config
-  return {"metric": "not computed: metric adapter missing"}
+# CenterPoint's (mmdetection3d's) nuScenes attribute rule for predictions: by speed
+# (> 0.2 m/s = moving) and class, else the class default.
+_DEFAULT_ATTRIBUTE = {"car": "vehicle.parked", "pedestrian": "pedestrian.moving",
+                      "trailer": "vehicle.parked", "truck": "vehicle.parked",
+                      "bus": "vehicle.moving", "motorcycle": "cycle.without_rider",
+                      "construction_vehicle": "vehicle.parked",
+                      "bicycle": "cycle.without_rider", "barrier": None, "traffic_cone": None}
+_VEHICLES = ("car", "construction_vehicle", "bus", "truck", "trailer")
+
+
+def predicted_attributes(label: np.ndarray, velocity: Optional[np.ndarray]) -> np.ndarray:
+  """Attribute ids of predicted boxes (CenterPoint's rule; speed 0 without velocity)."""
+  speed = (np.zeros(len(label)) if velocity is None
+           else np.linalg.norm(np.asarray(velocity, np.float64), axis=1))
+  out = np.full(len(label), NO_ATTRIBUTE, np.int32)
+  for k, (c, v) in enumerate(zip(label, speed)):
+    name = DETECTION_CLASSES[int(c)]
+    attr = None
+    if v > 0.2:
+      attr = ("vehicle.moving" if name in _VEHICLES else
+              "cycle.with_rider" if name in ("bicycle", "motorcycle") else None)
+    else:
+      attr = ("pedestrian.standing" if name == "pedestrian" else
+              "vehicle.stopped" if name == "bus" else None)
+    attr = attr or _DEFAULT_ATTRIBUTE[name]
+    if attr is not None:
+      out[k] = DETECTION_ATTRIBUTES.index(attr)
+  return out
+
+
+def _as_boxes(boxes: dict) -> Boxes:
+  return Boxes(center=boxes["center"], size=boxes["size"], yaw=boxes["yaw"],
+               label=boxes["label"], velocity=boxes.get("velocity"),
+               attribute=boxes.get("attribute"))
+
+
+def add_scene(evaluator, scene: Scene, boxes: dict) -> None:
+  """Adds one scan's predictions to a nuScenes `DetectionEvaluator`.
+
+  Ground-truth extras of prepared scene folders (`pointcept_io.read_box_extras`: LiDAR +
+  radar points per box, known velocities, ego distances) are used when present; the
+  sensor (the scene frame's origin) is the ego position otherwise.
+  """
+  extras = {}
+  if os.path.isdir(scene.source):
+    extras = pointcept_io.read_box_extras(scene.source, len(scene.boxes))
+  num_points = extras.get("num_points")
+  if num_points is not None and "num_radar_points" in extras:
+    num_points = num_points + extras["num_radar_points"]
+  evaluator.add_scene(scene.boxes, _as_boxes(boxes), boxes["score"], num_points=num_points,
+                      velocity_known=extras.get("velocity_known"),
+                      ego_distance=extras.get("ego_distance"), name=scene.name)
 
 
 def bev_figure(path: str, scene: Scene, boxes: dict, max_points: int = 30_000) -> str:
@@ -200,20 +243,24 @@ def bev_figure(path: str, scene: Scene, boxes: dict, max_points: int = 30_000) -
 
 
 def format_result(result: dict) -> str:
-  """A per-class table (predicted / ground-truth boxes, and AP when the metric ran)."""
-  per_class = result.get("per_class", {})
+  """mAP / NDS and a per-class table (boxes, AP, TP errors) as text."""
   lines = [f"detection: {result['num_scenes']} scenes, {result['num_predictions']} predicted, "
            f"{result['num_gt_boxes']} ground-truth boxes"]
+  per_class = result.get("per_class", {})
   if "mAP" in result:
-    lines.append(f"mAP {result['mAP']:.4f}  NDS {result.get('NDS', float('nan')):.4f}")
+    lines.append(f"mAP {result['mAP']:.4f}  NDS {result['NDS']:.4f}  " + "  ".join(
+        f"m{m} {result['m' + m]:.3f}" for m in ("ATE", "ASE", "AOE", "AVE", "AAE")))
   else:
     lines.append(f"metric {result.get('metric', '')}")
-  lines += ["| class | predicted | ground truth | AP |", "|---|---|---|---|"]
+  lines += ["| class | predicted | ground truth | AP | ATE | ASE | AOE | AVE | AAE |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  fmt = lambda v: "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
   for name in DETECTION_CLASSES:
     counts = result["class_counts"].get(name, {})
-    ap = per_class.get(name, {}).get("AP") if isinstance(per_class.get(name), dict) else None
-    lines.append(f"| {name} | {counts.get('predicted', 0)} | {counts.get('gt', 0)} | "
-                 f"{'-' if ap is None else f'{ap:.4f}'} |")
+    row = per_class.get(name, {})
+    lines.append(f"| {name} | {counts.get('predicted', 0)} | {counts.get('gt', 0)} | " +
+                 " | ".join(fmt(row.get(k)) for k in ("AP", "ATE", "ASE", "AOE", "AVE", "AAE"))
+                 + " |")
   return "\n".join(lines)
 
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from pointins_jax import compilation
 from pointins_jax.data import loader as loader_lib
-from pointins_jax.data import transforms
 from pointins_jax.data import pointcept_io
+from pointins_jax.data import transforms
 from pointins_jax.data.boxes import (DETECTION_ATTRIBUTES, DETECTION_CLASSES, NO_ATTRIBUTE,
                                      Boxes)
 from pointins_jax.data.scene import Scene
@@ -29,7 +29,6 @@ from pointins_jax.model import configs as model_configs
 from pointins_jax.probe import detection as det
 from pointins_jax.probe import detection_train
 from pointins_jax.probe import inference
-
 
 
 def make_predict_fn(config, params) -> Callable[[dict], dict]:
@@ -90,7 +89,7 @@ def scene_detections(scene: Scene, config, predict_fn: Callable[[dict], dict]) -
 
 def write_predictions(path: str, boxes: dict) -> None:
   """predictions/<scene>.npz: box_center, box_size, box_yaw, box_label, box_score,
-  box_attribute [, box_velocity] (`metrics.detection` PRED_FILES, `experiments.evaluate`)."""
+  box_attribute [, box_velocity] (the `metrics.detection.PRED_FILES` layout)."""
   np.savez(path, **{f"box_{k}": np.asarray(v) for k, v in boxes.items()})
 
 

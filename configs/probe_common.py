@@ -39,9 +39,6 @@ def probe_config(kind: str, variant: str) -> ml_collections.ConfigDict:
   config.data = data_config(kind)
   config.data.label_fraction = 1.0  # Table 7: fraction of labelled training scenes
   config.model_variant = "tiny"  # used only without a pretrained export
-  # Overrides the model's capacity_steps_per_octave (-1: keep the export's / variant's);
-  # 0 = fixed stage capacities: one compile (short CPU demos), views cropped to fit.
-  config.capacity_steps_per_octave = -1
   config.num_classes = 20 if indoor else 19
   config.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, weight_decay=0.05 if task == "insseg" else 0.02, warmup_ratio=0.05,
@@ -105,5 +102,4 @@ def get_probe_config(kind: str, arg, default_variant: str) -> ml_collections.Con
     if config.task == "detection":  # small sweeps cropped to 2048 points: a smaller grid
       config.detection.update(xy_range=(-38.4, -38.4, 38.4, 38.4), bev_channels=32,
                               neck_channels=32, head_channels=32, with_velocity=False)
-      config.capacity_steps_per_octave = 0  # one compile of the step on a CPU
   return config

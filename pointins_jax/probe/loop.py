@@ -86,8 +86,6 @@ def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
     raise ValueError(f"model.in_channels={model.in_channels} but config.data.feat_keys="
                      f"{tuple(config.data.feat_keys)} give {in_channels} channels.")
   model.enc_mode = config.mode == "linear"
-  if config.get("capacity_steps_per_octave", -1) >= 0:
-    model.capacity_steps_per_octave = int(config.capacity_steps_per_octave)
   if config.mode == "linear":
     # A frozen encoder should give one feature per point, not a stochastic-depth sample.
     model.drop_path = 0.0

@@ -73,6 +73,7 @@ def add_detection_fields(config) -> None:
       with_velocity=False,  # regress (vx, vy); set for nuScenes (boxes carry velocity)
       bev_channels=64, neck_channels=64, head_channels=64,
       min_overlap=0.1, min_radius=2,  # CenterPoint's gaussian_overlap / min_radius (cells)
+      min_box_points=1,  # boxes with fewer of the view's points get no target
       # L1 weights of (dx, dy, z, log l, log w, log h, sin, cos, vx, vy); loss weight of reg.
       code_weights=(1.0,) * 8 + (0.2, 0.2), reg_weight=0.25,
       topk=500, score_threshold=0.1, post_max_size=83, max_detections=500))

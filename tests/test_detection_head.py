@@ -322,3 +322,17 @@ def test_ground_truth_predictions_score_perfectly():
   assert [DETECTION_ATTRIBUTES[a] for a in attrs] == ["pedestrian.standing", "vehicle.parked"]
   attrs = detection_eval.predicted_attributes(np.array([CAR]), np.array([[1.0, 0.0]]))
   assert DETECTION_ATTRIBUTES[attrs[0]] == "vehicle.moving"
+
+
+def test_points_in_boxes_and_empty_boxes_get_no_target():
+  center, size, yaw = np.array([[0.0, 0, 0]]), np.array([[4.0, 2.0, 2.0]]), np.array([np.pi / 2])
+  pts = np.array([[0.0, 1.9, 0], [0.9, 0, 0], [1.9, 0, 0], [0, 0, 1.1]])  # rotated: y is long
+  assert det.points_in_boxes(pts, center, size, yaw).tolist() == [2]
+  spec = _spec(min_box_points=1)
+  batch = _batch([[1.3, -2.2, 0.8], [-4.0, 4.0, 0.5]], [[4.5, 1.8, 1.5]] * 2, [0.3, 0.0],
+                 [CAR, CAR])
+  batch["coord"] = np.array([[[1.3, -2.0, 0.9], [9.0, 9.0, 0.0], [-4.0, 4.0, 0.5]]], np.float32)
+  batch["valid"] = np.array([[True, True, False]])  # the point in box 2 is padding
+  t = det.build_targets(batch, spec)
+  assert t["reg_mask"][0, :2].tolist() == [True, False] and t["boxes_outside"][0] == 1
+  assert np.count_nonzero(t["heatmap"] == 1) == 1

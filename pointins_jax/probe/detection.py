@@ -51,6 +51,8 @@ class DetectionSpec:
     groups: per class group, the class ids (into DETECTION_CLASSES) it predicts.
     with_velocity: regress (vx, vy).
     min_overlap, min_radius: CenterPoint's gaussian_overlap and min_radius (cells).
+    min_box_points: boxes holding fewer of the view's points get no target (CenterPoint
+      trains on boxes with at least one LiDAR or radar point); 0 keeps all.
   """
 
   x_min: float
@@ -62,6 +64,7 @@ class DetectionSpec:
   with_velocity: bool = False
   min_overlap: float = 0.1
   min_radius: int = 2
+  min_box_points: int = 0
 
   @property
   def num_classes(self) -> int:  # heatmap channels, groups concatenated
@@ -120,7 +123,8 @@ def spec_from_config(det) -> DetectionSpec:
                      f"for {len(groups)} class_groups; give one per group.")
   return DetectionSpec(x_min=x0, y_min=y0, cell=cell, height=shape[0], width=shape[1],
                        groups=tuple(groups), with_velocity=bool(det.with_velocity),
-                       min_overlap=float(det.min_overlap), min_radius=int(det.min_radius))
+                       min_overlap=float(det.min_overlap), min_radius=int(det.min_radius),
+                       min_box_points=int(det.get("min_box_points", 0)))
 
 
 # ----------------------------------------------------------------------------- targets
@@ -176,6 +180,17 @@ def encode_boxes(center, size, yaw, velocity, spec: DetectionSpec):
   return ix, iy, np.stack(parts, axis=-1).astype(np.float32)
 
 
+def points_in_boxes(coord: np.ndarray, center, size, yaw) -> np.ndarray:
+  """Points of `coord` [P, 3] inside each upright box (inclusive): int64 [M] counts."""
+  counts = np.zeros(len(center), np.int64)
+  for k in range(len(center)):
+    d = coord - center[k]
+    c, s = np.cos(yaw[k]), np.sin(yaw[k])
+    local = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
+    counts[k] = np.count_nonzero(np.all(np.abs(local) <= size[k] / 2, axis=1))
+  return counts
+
+
 def build_targets(batch: dict, spec: DetectionSpec) -> dict:
   """Heatmap and regression targets of a host batch's padded boxes.
 
@@ -186,7 +201,9 @@ def build_targets(batch: dict, spec: DetectionSpec) -> dict:
     heatmap f32 [B, H, W, num_classes] (Gaussian peaks, exactly 1 at centre cells),
     reg_target f32 [B, M, R], reg_index i32 [B, M] (flat cell y * W + x),
     reg_group i32 [B, M], reg_mask bool [B, M] (a box of a grouped class inside the grid),
-    and boxes_outside i32 [B] (valid boxes outside the BEV grid or of no group).
+    and boxes_outside i32 [B] (valid boxes outside the BEV grid, of no group, or with
+    fewer than `spec.min_box_points` of the row's valid points; needs batch "coord" and
+    "valid" then).
   """
   b, m = batch["box_valid"].shape
   heatmap = np.zeros((b, spec.height, spec.width, spec.num_classes), np.float32)
@@ -206,11 +223,16 @@ def build_targets(batch: dict, spec: DetectionSpec) -> dict:
     center = batch["box_center"][r, valid].astype(np.float64)
     size = batch["box_size"][r, valid].astype(np.float64)
     velocity = batch["box_velocity"][r, valid] if spec.with_velocity else None
-    ix, iy, reg = encode_boxes(center, size, batch["box_yaw"][r, valid].astype(np.float64),
-                               velocity, spec)
+    yaw = batch["box_yaw"][r, valid].astype(np.float64)
+    ix, iy, reg = encode_boxes(center, size, yaw, velocity, spec)
+    enough = np.ones(len(valid), bool)
+    if spec.min_box_points > 0:
+      points = batch["coord"][r][batch["valid"][r]].astype(np.float64)
+      enough = points_in_boxes(points, center, size, yaw) >= spec.min_box_points
     for j, k in enumerate(valid):
       label = int(batch["box_label"][r, k])
-      if label not in channel or not (0 <= ix[j] < spec.width and 0 <= iy[j] < spec.height):
+      if (label not in channel or not enough[j]
+          or not (0 <= ix[j] < spec.width and 0 <= iy[j] < spec.height)):
         outside[r] += 1
         continue
       group, _, ch = channel[label]

@@ -2,6 +2,8 @@
 
   python -m experiments.evaluate --pred PRED_DIR --gt DATASET_DIR/val --task insseg \
       --dataset scannet [--output result.json]
+  python -m experiments.evaluate --pred PRED_DIR --gt DATASET_DIR/val --task detection \
+      [--ego-origin X Y Z] [--output eval.json]
 
 Ground truth: every sub-folder `DATASET_DIR/<scene>/` holds `segment.npy` (ScanNet:
 `segment20.npy`, ScanNet200: `segment200.npy`) int [N] class ids (-1 = ignore) and
@@ -17,12 +19,20 @@ the same order:
   evaluators every (class, id) pair is a segment, stuff included: give stuff points -1.
 * unsupervised (class-agnostic, PointINS Table 13): `instance` int32 [N], optional `scores`
   float32 [M] per instance with >= 100 points in ascending id order (default: size).
+* detection (nuScenes mAP / NDS): boxes, not points: `box_center`, `box_size`, `box_yaw`,
+  `box_label`, `box_score`, optional `box_velocity`, `box_attribute`
+  (`pointins_jax.metrics.detection`). Ground truth: the scene folders' box_*.npy files
+  (`pointins_jax.data.boxes`), with the optional per-box box_num_points.npy (+
+  box_num_radar_points.npy; boxes with 0 points in total are dropped),
+  box_velocity_known.npy and box_ego_distance.npy (class ranges). `--ego-origin` is the
+  ego position in the scene frame that prediction ranges (and ground-truth ones without
+  box_ego_distance.npy) are measured from; for nuScenes LIDAR_TOP scenes about 0 -0.94 0.
 
 Protocols: `pointins_jax.metrics` (ScanNet instance AP with the 18 thing classes of ScanNet-20,
 all 13 for S3DIS; SemanticKITTI PQ with min 50 points, Panoptic nuScenes with 15). Prints a
 per-class Markdown table and the summary; `--output` also writes the numbers as JSON. A
 missing prediction file, a point-count mismatch or an out-of-range label stops the run with an
-error naming the file.
+error naming the file. `--output X.json` also writes the report to X.md.
 """
 from __future__ import annotations
 
@@ -35,10 +45,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pointins_jax import cli  # first: before jax is imported (cli docstring)
-from pointins_jax.metrics import instance, panoptic, report, semantic, unsupervised
+from pointins_jax.data.boxes import BOX_FILES, Boxes
+from pointins_jax.metrics import detection, instance, panoptic, report, semantic, unsupervised
 from pointins_jax.metrics.protocol import Protocol, protocol_for  # noqa: F401  (re-exported)
 
-TASKS = ("semseg", "insseg", "panseg", "unsupervised")
+TASKS = ("semseg", "insseg", "panseg", "unsupervised", "detection")
 DATASETS = ("scannet", "scannet200", "s3dis", "semantickitti", "nuscenes", "synthetic-indoor",
             "synthetic-outdoor")
 def _load_npy(path: str) -> np.ndarray:
@@ -61,6 +72,46 @@ def read_ground_truth(folder: str, protocol: Protocol, task: str):
   return segment, instance_ids
 
 
+def read_detection_ground_truth(folder: str) -> tuple[Boxes, dict]:
+  """(Boxes [G], per-box extras) of a scene folder; extras keyed as `add_scene`'s arguments.
+
+  A stand-in for `pointcept_io.read_boxes` / `read_box_extras` (same files), to be swapped
+  for them once they land.
+  """
+  def load(name, required=True):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      if required:
+        raise FileNotFoundError(f"{path}: missing ground-truth box file (detection needs "
+                                "box_center/size/yaw/label.npy in every scene folder).")
+      return None
+    return np.load(path)
+  values = {field: load(name, field not in ("velocity", "attribute"))
+            for field, name in BOX_FILES.items()}
+  boxes = Boxes(**values).validate(folder)
+  extras = {}
+  num_points, radar = load("box_num_points.npy", False), load("box_num_radar_points.npy", False)
+  if num_points is not None:
+    extras["num_points"] = num_points if radar is None else num_points + radar
+  for key, name in (("velocity_known", "box_velocity_known.npy"),
+                    ("ego_distance", "box_ego_distance.npy")):
+    if (value := load(name, False)) is not None:
+      extras[key] = value
+  return boxes, extras
+
+
+def evaluate_detection(pred_dir: str, gt_dir: str,
+                       origin: Sequence[float] = (0.0, 0.0, 0.0)) -> dict:
+  """nuScenes detection metrics of `pred_dir/<scene>.npz` against `gt_dir/<scene>/`."""
+  evaluator = detection.DetectionEvaluator()
+  for name in scene_names(gt_dir):
+    folder, path = os.path.join(gt_dir, name), os.path.join(pred_dir, name + ".npz")
+    gt, extras = read_detection_ground_truth(folder)
+    pred, scores = detection.read_predictions(path)
+    evaluator.add_scene(gt, pred, scores, origin=origin, name=path, gt_name=folder, **extras)
+  return evaluator.result()
+
+
 def _array(prediction, path: str, key: str) -> np.ndarray:
   if key not in prediction:
     raise KeyError(f"{path}: missing array {key!r} (has {sorted(prediction.files)}); see "
@@ -79,6 +130,8 @@ def scene_names(gt_dir: str) -> list[str]:
 
 def evaluate(pred_dir: str, gt_dir: str, task: str, protocol: Protocol) -> dict:
   """Scores every scene of `gt_dir`; returns the metric's result dict."""
+  if task == "detection":
+    return evaluate_detection(pred_dir, gt_dir)
   names = scene_names(gt_dir)
   missing = [n for n in names if not os.path.isfile(os.path.join(pred_dir, n + ".npz"))]
   if missing:
@@ -140,13 +193,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument("--gt", required=True, help="folder of Pointcept <scene>/ folders")
   parser.add_argument("--task", required=True, choices=TASKS)
   parser.add_argument("--dataset", default="scannet", choices=DATASETS)
-  parser.add_argument("--output", help="also write the results to this JSON file")
+  parser.add_argument("--ego-origin", type=float, nargs=3, default=(0.0, 0.0, 0.0),
+                      metavar=("X", "Y", "Z"),
+                      help="detection: ego position (m) in the scene frame for class ranges")
+  parser.add_argument("--output", help="also write the results to this JSON file (and the "
+                      "report to the same name with .md)")
   args = parser.parse_args(argv)
-  result = evaluate(args.pred, args.gt, args.task, protocol_for(args.dataset))
-  print(format_report(result, args.task))
+  if args.task == "detection":
+    result = evaluate_detection(args.pred, args.gt, args.ego_origin)
+  else:
+    result = evaluate(args.pred, args.gt, args.task, protocol_for(args.dataset))
+  text = format_report(result, args.task)
+  print(text)
   if args.output:
     with open(args.output, "w") as f:
       json.dump(_jsonable(result), f, indent=2, allow_nan=True)
+    with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+      f.write(text + "\n")
   return result
 
 

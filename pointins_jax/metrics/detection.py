@@ -11,9 +11,12 @@ DetectionMetrics, configs/detection_cvpr_2019.json), step by step:
    `origin` argument (default: the scene frame's origin, i.e. the sensor), or per-box
    distances (`ego_distance`) for the ground truth. For nuScenes scenes in the LIDAR_TOP
    frame the devkit measures from the ego pose (rear axle), about 0.94 m behind the LiDAR:
-   pass that origin for exact filtering of predictions. Not reproduced: the devkit's
-   bike-rack filter (bicycles/motorcycles inside a `static_object.bicycle_rack` box), which
-   needs annotations this project does not keep.
+   pass that origin for exact filtering of predictions. (The devkit works in the global
+   frame; BEV distances, yaw and velocity differences are the same in a sensor frame up
+   to the sensor's small tilt, as long as both sides use that frame.) Not reproduced: the
+   devkit's bike-rack filter (bicycles/motorcycles inside a `static_object.bicycle_rack`
+   box), which needs annotations this project does not keep. More than
+   `max_boxes_per_sample` (500) predictions in a scene is an error, as in the devkit.
 2. Matching (accumulate), per class and distance threshold: predictions of the class over
    all scenes in descending score; equal scores in the devkit's order, which is
    `sorted((score, index))[::-1]`, i.e. the one later in the scene-by-scene, box-by-box
@@ -41,9 +44,9 @@ velocity) or without an attribute (-1) gives a NaN error, left out of the runnin
 in the devkit; so does a scene without `velocity` on either side (all NaN -> 1, as
 there). When no scene has `velocity` on both sides (the ground truth or the predictions
 have none), AVE is reported N/A (NaN) for every class and mAVE is NaN; likewise
-`attribute` and AAE. NDS then scores that metric 0, which
-is the devkit's own arithmetic for a NaN mTP (`max(0.0, 1 - nan)` is 0.0) and equals what
-it gives for all-missing errors (error 1).
+`attribute` and AAE. NDS then scores that metric 0, which is the devkit's own arithmetic
+for a NaN mTP (`max(0.0, 1 - nan)` is 0.0) and equals what it gives for all-missing
+errors (error 1).
 
 Saved predictions (`experiments.evaluate --task detection`): one `PRED_DIR/<scene>.npz`
 per ground-truth scene folder, in the scene's frame (as its box_*.npy files):
@@ -56,6 +59,7 @@ per ground-truth scene folder, in the scene's frame (as its box_*.npy files):
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -220,7 +224,7 @@ def _check_per_box(value, num_boxes: int, source: str, field: str, kind) -> np.n
                    f"{value.shape}.")
   if not np.issubdtype(value.dtype, kind):
     raise BoxError(f"{source}: {field} must be {kind.__name__}, got {value.dtype}.")
-  if kind is np.floating and not np.isfinite(value).all():
+  if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
     raise BoxError(f"{source}: {field} has NaN/inf values.")
   return value
 
@@ -248,7 +252,8 @@ class DetectionEvaluator:
                 num_points: Optional[np.ndarray] = None,
                 velocity_known: Optional[np.ndarray] = None,
                 ego_distance: Optional[np.ndarray] = None,
-                origin: Sequence[float] = (0.0, 0.0, 0.0), name: str = "<scene>") -> None:
+                origin: Sequence[float] = (0.0, 0.0, 0.0), name: str = "<scene>",
+                gt_name: Optional[str] = None) -> None:
     """Adds one scene (a nuScenes sample).
 
     Args:
@@ -262,38 +267,38 @@ class DetectionEvaluator:
         for the class ranges instead of the distance from `origin`.
       origin: the ego position (m) in the scene frame; class ranges are BEV distances from
         it (for predictions always, for ground truth without `ego_distance`).
-      name: names the scene (e.g. its file) in error messages.
+      name: names the scene (e.g. its prediction file) in error messages.
+      gt_name: names its ground truth (e.g. the scene folder); default f"{name} (ground
+        truth)".
     Raises:
       BoxError / ValueError: naming `name` and the field (shape, NaN, class id, too many
         predictions).
     """
     num_classes = len(self.class_names)
-    gt = _check_boxes(gt, f"{name} (ground truth)", num_classes)
-    pred = _check_boxes(pred, f"{name} (predictions)", num_classes)
-    scores = _check_per_box(scores, len(pred), f"{name} (predictions)", "box_score",
+    pred_name = f"{name} (predictions)" if gt_name is None else name
+    gt_name = f"{name} (ground truth)" if gt_name is None else gt_name
+    gt = _check_boxes(gt, gt_name, num_classes)
+    pred = _check_boxes(pred, pred_name, num_classes)
+    scores = _check_per_box(scores, len(pred), pred_name, PRED_FILES["score"],
                             np.number).astype(np.float64)
-    if not np.isfinite(scores).all():
-      raise BoxError(f"{name} (predictions): box_score has NaN/inf values.")
     limit = self.config.max_boxes_per_sample
     if limit is not None and len(pred) > limit:
-      raise ValueError(f"{name} (predictions): {len(pred)} boxes, the protocol allows at "
-                       f"most {limit} per scene; keep the {limit} highest-scoring.")
+      raise ValueError(f"{pred_name}: {len(pred)} boxes, the protocol allows at most "
+                       f"{limit} per scene; keep the {limit} highest-scoring.")
     origin = np.asarray(origin, np.float64).reshape(-1)
     if origin.shape[0] not in (2, 3) or not np.isfinite(origin).all():
       raise ValueError(f"{name}: origin must be a finite (x, y[, z]), got {origin}.")
     known = np.ones(len(gt), bool)
     if velocity_known is not None:
-      known = _check_per_box(velocity_known, len(gt), f"{name} (ground truth)",
-                             "velocity_known", np.bool_)
+      known = _check_per_box(velocity_known, len(gt), gt_name, "velocity_known", np.bool_)
     if ego_distance is None:
       gt_distance = center_distance(gt.center, origin)
     else:
-      gt_distance = _check_per_box(ego_distance, len(gt), f"{name} (ground truth)",
-                                   "ego_distance", np.floating).astype(np.float64)
+      gt_distance = _check_per_box(ego_distance, len(gt), gt_name, "ego_distance",
+                                   np.floating).astype(np.float64)
     keep_gt = gt_distance < self._ranges[gt.label]
     if num_points is not None:
-      num_points = _check_per_box(num_points, len(gt), f"{name} (ground truth)",
-                                  "num_points", np.integer)
+      num_points = _check_per_box(num_points, len(gt), gt_name, "num_points", np.integer)
       keep_gt &= num_points != 0
     keep_pred = center_distance(pred.center, origin) < self._ranges[pred.label]
     self._scenes.append(_Scene(gt.subset(keep_gt), known[keep_gt], pred.subset(keep_pred),
@@ -398,6 +403,28 @@ class DetectionEvaluator:
         cfg.mean_ap_weight + len(TP_METRICS))
     result["num_scenes"] = len(self._scenes)
     return result
+
+
+def read_predictions(path: str, num_classes: int = len(DETECTION_CLASSES)
+                     ) -> tuple[Boxes, np.ndarray]:
+  """(Boxes [P], scores float64 [P]) from a saved `<scene>.npz` (module docstring).
+
+  Raises:
+    FileNotFoundError / KeyError / BoxError: naming `path` and the missing or bad array.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: missing prediction file (one <scene>.npz per scene).")
+  with np.load(path) as arrays:
+    missing = [PRED_FILES[k] for k in ("center", "size", "yaw", "label", "score")
+               if PRED_FILES[k] not in arrays]
+    if missing:
+      raise KeyError(f"{path}: missing array(s) {missing} (has {sorted(arrays.files)}); "
+                     "see pointins_jax.metrics.detection for the prediction format.")
+    values = {k: arrays[key] if key in arrays else None for k, key in PRED_FILES.items()}
+  scores = values.pop("score")
+  boxes = Boxes(**values).validate(path, num_classes)
+  scores = _check_per_box(scores, len(boxes), path, PRED_FILES["score"], np.number)
+  return boxes, scores.astype(np.float64)
 
 
 def nuscenes_detection_metrics(gt: Sequence[Boxes], pred: Sequence[Boxes],

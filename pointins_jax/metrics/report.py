@@ -48,8 +48,8 @@ def format_result(result: dict, task: str) -> str:
   Args:
     result: the `result()` dict of the task's metric (semseg: `iou_from_confusion`, insseg:
       `InstanceAPEvaluator`, panseg: `PanopticEvaluator`, unsupervised:
-      `UnsupervisedAPEvaluator`).
-    task: 'semseg' | 'insseg' | 'panseg' | 'unsupervised'.
+      `UnsupervisedAPEvaluator`, detection: `detection.DetectionEvaluator`).
+    task: 'semseg' | 'insseg' | 'panseg' | 'unsupervised' | 'detection'.
   """
   if task == "semseg":
     table = per_class_table(result["classes"], summary={"IoU": result["mIoU"],
@@ -68,6 +68,14 @@ def format_result(result: dict, task: str) -> str:
         "PQ", "SQ", "RQ", "PQ_things", "SQ_things", "RQ_things", "PQ_stuff", "SQ_stuff",
         "RQ_stuff", "PQ_dagger", "mIoU"))
     return f"{table}\n\n{groups}"
+  if task == "detection":
+    tp = ("ATE", "ASE", "AOE", "AVE", "AAE")
+    columns = [k for k in next(iter(result["classes"].values()), {}) if k.startswith("AP")]
+    table = per_class_table(result["classes"], columns + list(tp) + ["num_gt", "num_pred"],
+                            summary={"AP": result["mAP"], **{m: result["m" + m] for m in tp}})
+    summary = "  ".join(f"{key} {result[key]:.4f}" for key in ("NDS", "mAP") + tuple(
+        "m" + m for m in tp))
+    return f"{table}\n\n{summary}  ({result['num_scenes']} scenes; '-' = N/A)"
   return f"mAP {result['mAP']:.4f}  AP50 {result['AP50']:.4f}  AP25 {result['AP25']:.4f}"
 
 
@@ -87,6 +95,8 @@ def jsonable(value: Any) -> Any:
 def _cell(value: Optional[float], digits: int) -> str:
   if value is None:
     return ""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return str(value)
   if isinstance(value, float) and math.isnan(value):
     return "-"
   return f"{value:.{digits}f}"

@@ -1,13 +1,17 @@
-"""Probing / fine-tuning entry point (linear | decoder | finetune x semseg | insseg | panseg).
+"""Probing / fine-tuning entry point (linear | decoder | finetune x semseg | insseg | panseg,
+and decoder | finetune x detection: Table 11's CenterPoint-style detector).
 
   python -m experiments.probe --config configs/probe_indoor.py:linear_insseg,demo \
       --config.pretrained=runs/demo/export --workdir runs/probe_demo
   python -m experiments.probe --config configs/probe_outdoor.py:linear_panseg,demo \
       --config.pretrained=runs/demo_outdoor/export --workdir runs/probe_outdoor
+  python -m experiments.probe --config configs/probe_outdoor.py:decoder_detection,demo \
+      --config.pretrained=runs/demo_outdoor/export --workdir runs/det_demo
 
 Without --config.pretrained the backbone starts from random weights (the baseline).
 Re-running with the same --workdir resumes from its latest checkpoint. Writes
-metrics.jsonl, checkpoints/, eval.json (full-scan validation), figures/*.png.
+metrics.jsonl, checkpoints/, eval.json (full-scan validation), figures/*.png (detection:
+also predictions/<scene>.npz and BEV figures).
 """
 from absl import flags
 from ml_collections import config_flags

@@ -165,6 +165,30 @@ def fit_view(view: dict, grid_size: float, stage_capacities: Sequence[int]):
     view = sphere_crop_view(view, keep)
 
 
+def pad_boxes(boxes, max_boxes: int) -> dict:
+  """A view's `Boxes` as static-shape arrays: the first `max_boxes` of them.
+
+  Returns box_center f32 [K, 3], box_size f32 [K, 3] (1 on padding), box_yaw f32 [K],
+  box_label i32 [K] (-1 on padding), box_velocity f32 [K, 2] (0 where absent) and
+  box_valid bool [K], K = max_boxes.
+  """
+  n = min(len(boxes), max_boxes)
+  out = dict(box_center=np.zeros((max_boxes, 3), np.float32),
+             box_size=np.ones((max_boxes, 3), np.float32),
+             box_yaw=np.zeros(max_boxes, np.float32),
+             box_label=np.full(max_boxes, -1, np.int32),
+             box_velocity=np.zeros((max_boxes, 2), np.float32),
+             box_valid=np.zeros(max_boxes, bool))
+  out["box_center"][:n] = boxes.center[:n]
+  out["box_size"][:n] = boxes.size[:n]
+  out["box_yaw"][:n] = boxes.yaw[:n]
+  out["box_label"][:n] = boxes.label[:n]
+  if boxes.velocity is not None:
+    out["box_velocity"][:n] = boxes.velocity[:n]
+  out["box_valid"][:n] = True
+  return out
+
+
 def _pad(values: np.ndarray, capacity: int, key: str) -> np.ndarray:
   out = np.full((capacity,) + values.shape[1:], PAD_VALUES[key], _DTYPES[key])
   out[:values.shape[0]] = values
@@ -174,7 +198,7 @@ def _pad(values: np.ndarray, capacity: int, key: str) -> np.ndarray:
 def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_size: float,
             min_view_points: int = 1,
             stage_capacities_fn: Optional[Callable[[int], Sequence[int]]] = None,
-            with_views: bool = True) -> dict:
+            with_views: bool = True, max_boxes: int = 64) -> dict:
   """Pads B examples of V views each into one static-shape batch.
 
   Every view is first cropped to the largest bucket. With `stage_capacities_fn`, the batch's
@@ -191,6 +215,7 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
     stage_capacities_fn: (n_points, counts=None) -> per-stage capacities (the model's
       `configs.stage_capacities`), or None.
     with_views: False for single-view probing batches (no V axis, no cross_index).
+    max_boxes: box slots per view when views carry "boxes" (detection, `data.with_boxes`).
 
   Returns:
     dict of numpy arrays, docs/architecture.md batch layout, plus `num_cropped` i32 [B]
@@ -198,7 +223,8 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
     before each row's, from the views' optional "bad_scenes"), `index` (full-scan ids, -1 on
     padding) and, with `stage_capacities_fn`, `stage_capacities` i32 [S] (pass it to the
     model as a static tuple) and `stage_point_counts` i32 [S], the real points per stage
-    (max over views).
+    (max over views). Views with "boxes" add `pad_boxes`' box_* arrays [B(, V), max_boxes,
+    ...] and boxes_dropped i32 [B] (boxes left out by crops or beyond max_boxes).
   """
   if with_views and any(len(example) != 2 for example in examples):
     raise ValueError("collate: pretraining examples must hold exactly 2 (global) views.")
@@ -255,8 +281,16 @@ def collate(examples: Sequence[Sequence[dict]], *, buckets: Sequence[int], grid_
   num_views = len(cropped[0]) if with_views else 1
   out = {key: np.stack(values).reshape((len(examples), num_views) + values[0].shape)
          for key, values in batch.items()}
+  if cropped[0][0].get("boxes") is not None:
+    boxes = [pad_boxes(view["boxes"], max_boxes) for row in cropped for view in row]
+    for key in boxes[0]:
+      out[key] = np.stack([b[key] for b in boxes]).reshape(
+          (len(examples), num_views) + boxes[0][key].shape)
+    out["boxes_dropped"] = np.array(
+        [sum(view.get("boxes_dropped", 0) + max(len(view["boxes"]) - max_boxes, 0)
+             for view in row) for row in cropped], np.int32)
   if not with_views:
-    out = {key: value[:, 0] for key, value in out.items()}
+    out = {key: value[:, 0] if key != "boxes_dropped" else value for key, value in out.items()}
   out["num_cropped"] = num_cropped
   if stage_capacities is not None:
     out["stage_capacities"] = np.asarray(stage_capacities, np.int32)

@@ -249,7 +249,7 @@ def _iterator(data_config, source, view_map, *, seed: int, batch_size: Optional[
   collate = functools.partial(
       batching.collate, buckets=tuple(data_config.buckets), grid_size=data_config.grid_size,
       min_view_points=data_config.min_view_points, stage_capacities_fn=stage_capacities_fn,
-      with_views=with_views)
+      with_views=with_views, max_boxes=data_config.get("max_boxes", 64))
   dataset = (dataset.repeat().random_map(view_map(data_config))
              .batch(batch_size, drop_remainder=True, batch_fn=collate))
   iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(
@@ -320,7 +320,8 @@ def make_probe_iterator(data_config, *, seed: int, batch_size: Optional[int] = N
 
 
 def iterate_eval_fragments(scene: Scene, data_config, *, batch_size: Optional[int] = None,
-                           stage_capacities_fn=None) -> Iterator[dict]:
+                           stage_capacities_fn=None,
+                           max_fragments: Optional[int] = None) -> Iterator[dict]:
   """Test-mode batches whose valid points cover every point of `scene`.
 
   Each test-mode grid fragment (one point per cell) is cut into spatial chunks small enough
@@ -328,11 +329,13 @@ def iterate_eval_fragments(scene: Scene, data_config, *, batch_size: Optional[in
   the valid `index` entries of one fragment's batches hold every scan point exactly once.
   Batches have `batch_size` rows (default data_config.batch_size; missing rows are padding)
   and the largest bucket's capacity; with `stage_capacities_fn` they carry data-following
-  `stage_capacities` (a few shapes to compile, from the capacity ladder).
+  `stage_capacities` (a few shapes to compile, from the capacity ladder). `max_fragments`:
+  only the first fragments (detection scores one test-mode grid sample, not every point).
   """
   config_lib.validate(data_config)
   batch_size = data_config.batch_size if batch_size is None else batch_size
-  chunks = [chunk for fragment in views_lib.fragment_views(scene, data_config)
+  fragments = views_lib.fragment_views(scene, data_config)[:max_fragments]
+  chunks = [chunk for fragment in fragments
             for chunk in _chunks(fragment, data_config, stage_capacities_fn)]
   for start in range(0, len(chunks), batch_size):
     rows = [[chunk] for chunk in chunks[start:start + batch_size]]

@@ -40,13 +40,17 @@ from pointins_jax.metrics import report
 from pointins_jax.metrics import semantic as semantic_metrics
 from pointins_jax.model import configs as model_configs
 from pointins_jax.model import pointcept_import
+from pointins_jax.probe import detection
+from pointins_jax.probe import detection_eval
+from pointins_jax.probe import detection_train
 from pointins_jax.probe import grouping
 from pointins_jax.probe import inference
 from pointins_jax.probe import train as train_lib
 
 # Scalars of each task's result that go to metrics.jsonl (prefixed "val_").
 SUMMARY_KEYS = {"semseg": ("mIoU", "mAcc", "allAcc"), "insseg": ("mAP", "AP50", "AP25", "mIoU"),
-                "panseg": ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff", "mIoU")}
+                "panseg": ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff", "mIoU"),
+                "detection": ("mAP", "NDS")}
 
 
 def resolve_model(config) -> tuple[ml_collections.ConfigDict, Optional[dict]]:
@@ -248,10 +252,34 @@ def _check_total_steps(config) -> int:
   return int(config.train.total_steps)
 
 
+def _train_module(config):
+  """The task's state / step module: `probe.train`, or `probe.detection_train` (Table 11)."""
+  if config.task == "detection":
+    detection_train.check_mode(config)
+    return detection_train
+  return train_lib
+
+
+def _host_targets(config, host_batch: dict, spec) -> dict:
+  """Host-side targets: instance centroids, or detection heatmaps / box regression."""
+  if config.task != "detection":
+    return instance_targets(host_batch)
+  targets = detection.build_targets(host_batch, spec)
+  # Boxes a crop left out or outside the BEV grid: counted, never silent.
+  targets["boxes_dropped"] = (np.sum(host_batch.pop("boxes_dropped", 0))
+                              + np.sum(targets.pop("boxes_outside")))
+  return targets
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) probing into `workdir`; returns the final evaluation record."""
   config, pretrained = resolve_model(config)
-  protocol_of(config)  # fail on a wrong dataset / num_classes before any compile
+  task_lib = _train_module(config)
+  spec = None
+  if config.task == "detection":
+    spec = detection.spec_from_config(config.detection)  # fail on a bad grid before compiling
+  else:
+    protocol_of(config)  # fail on a wrong dataset / num_classes before any compile
   mesh, is_main = parallel.start_run(config, workdir)
 
   # Data: labelled scenes (data.label_fraction of them), each process its own slice.
@@ -267,8 +295,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   def init(init_rng, pretrained):
-    return train_lib.init_probe_state(config, init_rng, total_steps,
-                                      pretrained_backbone=pretrained)
+    return task_lib.init_probe_state(config, init_rng, total_steps,
+                                     pretrained_backbone=pretrained)
 
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh),
                                 jax.eval_shape(init, init_rng, pretrained))
@@ -279,8 +307,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                  state_sharding, iterator)
 
   def probe_step(state, batch, rng, stage_capacities):
-    return train_lib.probe_step(state, batch, rng, config=config, total_steps=total_steps,
-                                stage_capacities=stage_capacities)
+    return task_lib.probe_step(state, batch, rng, config=config, total_steps=total_steps,
+                               stage_capacities=stage_capacities)
 
   # stage_capacities (a tuple from the capacity ladder) is static: one compile per value.
   planner = compilation.CapacityPlanner()
@@ -301,6 +329,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dropped = loader_lib.DroppedData()  # crops and skipped scenes between log lines
   stop_after = config.train.get("stop_after_steps", 0)  # simulates a kill (tests, preemption)
   eval_every = int(config.train.eval_every)
+  boxes_dropped, last = 0, {}
   # Leaving by any path waits for the save in flight; SIGTERM saves and raises Preempted.
   with ckpt, writer, checkpointing.StopSignal() as stop:
     for step in bar:
@@ -308,8 +337,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {}
       host_batch = next(iterator)
       dropped.add(host_batch)
-      host_batch.update(instance_targets(host_batch))
-      batch = parallel.put_batch({k: host_batch[k] for k in train_lib.BATCH_KEYS}, mesh)
+      host_batch.update(_host_targets(config, host_batch, spec))
+      boxes_dropped += int(host_batch.pop("boxes_dropped", 0))
+      batch = parallel.put_batch({k: host_batch[k] for k in task_lib.BATCH_KEYS}, mesh)
       state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step),
                                parallel.step_capacities(host_batch, planner))
       steps_since_log += 1
@@ -320,26 +350,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
             now - before for now, before in zip(compiles.snapshot("probe_step"), compiles_before))
         last.update(step_time=elapsed / steps_since_log, **dropped.pop(), compiles=num_compiles,
                     compile_seconds=compile_seconds)
+        if config.task == "detection":
+          last["boxes_dropped"], boxes_dropped = boxes_dropped, 0
         t_log, steps_since_log = time.perf_counter(), 0
         record = writer.write(step + 1, last)
         if is_main:
           log(json.dumps({k: record[k] for k in ("step", "loss", "loss_semantic",
-                                                 "loss_offset", "accuracy", "skipped")
+                                                 "loss_offset", "accuracy", "loss_heatmap",
+                                                 "loss_reg", "skipped")
                           if k in record}))
           bar.set_postfix(loss=f"{float(last['loss']):.4f}")
       ckpt.save_or_stop(step + 1, state, iterator, total_steps, stop)
       if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < total_steps and is_main:
-        result = evaluate(config, state.params, log=log)
+        result = _evaluate(config, state.params, log=log)
         writer.write(step + 1, _summary(config, result))
     ckpt.wait()
     record = {}
     if is_main:
-      result = evaluate(config, state.params, figure_dir=os.path.join(workdir, "figures"),
-                        num_figures=config.train.num_figures, log=log)
+      result = _evaluate(config, state.params, workdir=workdir,
+                         num_figures=config.train.num_figures, log=log)
       writer.write(total_steps, _summary(config, result))
+      if config.task == "detection":  # the last logged training losses (this run's)
+        result["train"] = {k: float(v) for k, v in last.items() if np.ndim(v) == 0}
       record = write_eval(workdir, config, result, total_steps)
-      print(report.format_result(result, config.task), flush=True)
+      if config.task == "detection":
+        print(detection_eval.format_result(result), flush=True)
+      else:
+        print(report.format_result(result, config.task), flush=True)
   return record
+
+
+def _evaluate(config, params, *, workdir: Optional[str] = None, num_figures: int = 0, log=print):
+  if config.task == "detection":
+    return detection_eval.evaluate(config, params, out_dir=workdir, num_figures=num_figures,
+                                   log=log)
+  return evaluate(config, params, log=log, num_figures=num_figures,
+                  figure_dir=None if workdir is None else os.path.join(workdir, "figures"))
 
 
 def _summary(config, result: dict) -> dict:

@@ -113,11 +113,14 @@ def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
   from pointins_jax import export as export_lib  # pylint: disable=import-outside-toplevel
   pretrain_dir = pretrain_dir_of(run, workdir)
   export_dir = os.path.join(pretrain_dir, "export")
+  # Never reuse another config's export or checkpoints (a changed study config, same
+  # --workdir).
+  study_lib.claim_folder(pretrain_dir, study_lib.config_hash(
+      dict(seed=run.seed, overrides=run.overrides, pretrain=base.to_dict())))
   if os.path.isfile(os.path.join(export_dir, "config.json")):  # written last by the export
     return export_dir
   config = base.copy_and_resolve_references()
   config.seed = run.seed
-  os.makedirs(pretrain_dir, exist_ok=True)
   for key, value in run.override_dict().items():
     if isinstance(value, dict) and value.get("kind") == study_lib.FIT_PRIOR:
       value = fit_prior(value, config, run.seed, os.path.join(pretrain_dir, "prior.npz"))

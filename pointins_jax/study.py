@@ -268,7 +268,10 @@ def make_plan(study: Mapping, base_pretrain: Mapping, task: str) -> Plan:
     tables.append(Table(key, title, metrics,
                         tuple(Row(label, variant_of(o)) for label, o in rows)))
   # Seed-major order: an interrupted study already has whole tables for the first seeds.
-  runs = [Run(f"{v}__seed{s}", v, "probe", s, o) for s in seeds for v, o in variants.items()]
+  # The ceiling first within a seed: it shows early whether the budget can measure
+  # instances at all.
+  order = sorted(variants, key=lambda v: v != SUPERVISED)
+  runs = [Run(f"{v}__seed{s}", v, "probe", s, variants[v]) for s in seeds for v in order]
   if "table13" in selected:
     # The unsupervised rows need exports only: PointINS pretrained and at random init.
     pointins = POINTINS
@@ -342,6 +345,26 @@ def finished(plan: Plan, workdir: str, records_dir: str = "",
 Runner = Callable[[Run, str], dict]
 
 
+def claim_folder(folder: str, config_hash: str) -> None:
+  """Marks `folder` (a run's checkpoints) as made under `config_hash`.
+
+  Raises:
+    ValueError: the folder already holds a run made under another config: resuming its
+      checkpoints would mix two configs, so it must be deleted (or another --workdir used).
+  """
+  path = os.path.join(folder, "config_hash")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      found = f.read().strip()
+    if found != config_hash:
+      raise ValueError(f"{folder} holds checkpoints made under another config (hash {found}, "
+                       f"now {config_hash}); delete it or use a fresh --workdir.")
+    return
+  os.makedirs(folder, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(config_hash)
+
+
 def execute(plan: Plan, workdir: str, runner: Runner, *, records_dir: str = "",
             fingerprint: Optional[Fingerprint] = None, progress: bool = True,
             log=print) -> dict:
@@ -368,6 +391,8 @@ def execute(plan: Plan, workdir: str, runner: Runner, *, records_dir: str = "",
     bar.set_postfix_str(run.name)
     folder = run_dir(workdir, run)
     os.makedirs(folder, exist_ok=True)
+    if fingerprint is not None:
+      claim_folder(folder, fingerprint(run))
     # Time spent by earlier, interrupted attempts (they resume from checkpoints) counts too.
     spent_path = os.path.join(folder, "wall_s_before.json")
     spent = json.load(open(spent_path, encoding="utf-8")) if os.path.isfile(spent_path) else 0.0
@@ -414,9 +439,14 @@ def make_fingerprint(study, pretrain, probe, ceiling):
       used["probe"] = (ceiling if run.variant == SUPERVISED else probe).to_dict()
     else:
       used["unsup"] = dict(scenes=int(study.unsup_scenes), batch_size=int(study.batch_size))
-    blob = json.dumps(_strip(used), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return config_hash(used)
   return fingerprint
+
+
+def config_hash(tree: Mapping) -> str:
+  """sha256 (16 hex digits) of a config tree, cosmetic fields (`_COSMETIC`) left out."""
+  blob = json.dumps(_strip(dict(tree)), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # -------------------------------------------------------------------------- aggregation

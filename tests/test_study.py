@@ -235,7 +235,9 @@ def test_a_failed_run_is_not_marked_finished(tmp_path):
   with pytest.raises(RuntimeError):
     study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
   done = {r.name for r in plan.runs if study.load_result(str(tmp_path), r)}
-  assert done == {plan.runs[0].name}  # random_init ran first; dos failed; rest not started
+  # The ceiling and random_init ran first; dos failed; the rest did not start.
+  assert [r.variant for r in plan.runs[:3]] == [study.SUPERVISED, study.RANDOM_INIT, "dos"]
+  assert done == {plan.runs[0].name, plan.runs[1].name}
   # The failed attempt's time is kept and added when the run finishes.
   dos = next(r for r in plan.runs if r.variant == "dos")
   assert os.path.isfile(os.path.join(study.run_dir(str(tmp_path), dos), "wall_s_before.json"))
@@ -289,3 +291,10 @@ def test_fingerprint_follows_what_a_run_uses():
       by_variant[("dos", "probe")]) == before(by_variant[("dos", "probe")])
   seed1 = next(r for r in plan.runs if r.variant == "dos" and r.seed == 1)
   assert before(seed1) != before(by_variant[("dos", "probe")])
+
+
+def test_a_folder_of_another_config_is_refused(tmp_path):
+  study.claim_folder(str(tmp_path / "run"), "aaa")
+  study.claim_folder(str(tmp_path / "run"), "aaa")  # the same config resumes
+  with pytest.raises(ValueError, match="another config .*fresh --workdir"):
+    study.claim_folder(str(tmp_path / "run"), "bbb")

@@ -62,14 +62,19 @@ def _override(config, overrides) -> None:
     node[leaf] = value
 
 
-def probe_base(study, ceiling: bool = False):
-  """The probe config of every run (`ceiling`: of the supervised ceiling row), with the
-  study's budget applied."""
-  config = load_config(study.ceiling_probe_config if ceiling else study.probe_config)
-  config.train.total_steps = int(study.ceiling_steps if ceiling else study.probe_steps)
+def probe_base(study, ceiling: bool = False, detection: str = ""):
+  """The probe config of every run (`ceiling`: of the supervised ceiling row; `detection`:
+  of Table 11's runs in that mode), with the study's budget applied."""
+  if detection:
+    config = load_config(study.detection_probe_config.format(mode=detection))
+    steps = int(study.detection_steps)
+  else:
+    config = load_config(study.ceiling_probe_config if ceiling else study.probe_config)
+    steps = int(study.ceiling_steps if ceiling else study.probe_steps)
+  config.train.total_steps = steps
   config.train.batch_size = int(study.batch_size)
-  config.train.checkpoint_every = max(1, int(study.probe_steps) // 4)
-  config.train.log_every = max(1, int(study.probe_steps) // 4)
+  config.train.checkpoint_every = max(1, steps // 4)
+  config.train.log_every = max(1, steps // 4)
   config.train.progress_bar = bool(study.inner_progress_bars)
   config.train.tensorboard = False
   config.train.num_eval_scenes = int(study.num_eval_scenes)
@@ -82,6 +87,8 @@ def probe_base(study, ceiling: bool = False):
     # From random init the encoder must learn at the head's rate (finetuning a pretrained
     # encoder scales it down).
     config.optim.encoder_lr_scale = 1.0
+  if detection == "finetune":
+    config.data.label_fraction = float(study.detection_label_fraction)
   return config
 
 
@@ -165,6 +172,8 @@ def make_runner(study, workdir: str):
   """(run, run_dir) -> metrics, the real runner of `study_lib.execute`."""
   pretrain, probe = pretrain_base(study), probe_base(study)
   ceiling = probe_base(study, ceiling=True)
+  detection = {f"detect_{m}": probe_base(study, detection=m)
+               for m in study_lib.DETECTION_MODES} if probe.task == "panseg" else {}
 
   def runner(run: study_lib.Run, run_dir: str) -> dict:
     if run.kind == "unsup":
@@ -177,6 +186,12 @@ def make_runner(study, workdir: str):
       return metrics
     from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
     supervised = run.variant == study_lib.SUPERVISED
+    if run.kind in detection:
+      config = detection[run.kind].copy_and_resolve_references()
+      config.seed = run.seed
+      config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
+      record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
+      return {k: float(record[k]) for k in study_lib.DETECTION_METRICS}
     config = (ceiling if supervised else probe).copy_and_resolve_references()
     config.seed = run.seed
     config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
@@ -187,7 +202,7 @@ def make_runner(study, workdir: str):
     metrics.update(offset_quality(run, workdir))
     return metrics
 
-  return runner, pretrain, probe, ceiling
+  return runner, pretrain, probe, ceiling, detection
 
 
 def main(argv):
@@ -199,10 +214,10 @@ def main(argv):
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Seeds of one variant compile the same programs: a persistent cache compiles each once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-  runner, pretrain, probe, ceiling = make_runner(study, workdir)
+  runner, pretrain, probe, ceiling, detection = make_runner(study, workdir)
   plan = study_lib.make_plan(study, pretrain, probe.task)
   records_dir, report_path = (_in_repo(study.records_dir), _in_repo(study.report_path))
-  fingerprint = study_lib.make_fingerprint(study, pretrain, probe, ceiling)
+  fingerprint = study_lib.make_fingerprint(study, pretrain, probe, ceiling, detection)
   if _REPORT_ONLY.value:
     records = study_lib.finished(plan, workdir, records_dir, fingerprint, print)
   else:
@@ -218,6 +233,11 @@ def main(argv):
       "supervised ceiling": f"{study.ceiling_steps} steps x batch {study.batch_size} "
                             f"({study.ceiling_probe_config}, random init, encoder at the "
                             "head's learning rate)",
+      **({"detection (Table 11)": f"{study.detection_steps} steps x batch "
+                                  f"{study.batch_size} ({study.detection_probe_config}; "
+                                  f"finetune on {study.detection_label_fraction:.0%} of the "
+                                  "labelled scenes, at least one)"} if detection else {}),
+      "data overrides": str(list(study.data_overrides)) or "none",
       "scenes": f"{study.num_scenes} synthetic training scenes ({pretrain.data.dataset}), "
                 f"{study.num_eval_scenes} validation scenes (probe), {study.unsup_scenes} "
                 "(Table 13)",

@@ -11,7 +11,10 @@ are computed once. A *run* is a variant x seed x kind:
   probe   pretrain the variant (skipped for 'random_init' and 'supervised'), then
           linear-probe it ('supervised': finetune a random-init encoder with the labels,
           the ceiling row of every table);
-  unsup   Table 13: unsupervised instances from the variant's exported offset head.
+  unsup   Table 13: unsupervised instances from the variant's exported offset head;
+  detect_decoder / detect_finetune   Table 11 (outdoor): the CenterPoint-style detection
+          probe on the variant's export, encoder frozen / finetuned on `detection_label_
+          fraction` of the labelled scenes.
 Each run's result record (run, metrics, wall time, config hash) lands in
 `RECORDS/<run name>.json` (the study config's `records_dir`, committed under docs/) or
 `WORKDIR/runs/<run name>/result.json`; a record whose config hash matches marks the run
@@ -39,7 +42,9 @@ SUPERVISED = "supervised"
 CEILING = "ceiling"  # table_specs marker of the ceiling row
 POINTINS = "pointins"  # the base pretraining config (offset branch + ODR + SCR)
 DOS = "dos"  # offset.enabled=False: the DOS baseline, other offset fields are moot
-TABLES = ("table3", "table5", "table8", "table10", "table13")
+TABLES = ("table3", "table5", "table8", "table10", "table11", "table13")
+DETECTION_MODES = ("decoder", "finetune")  # Table 11's columns: decoder probing, finetuning
+DETECTION_METRICS = ("mAP", "NDS")
 # "Oracle": ground-truth offsets through PointINS's grouping, the ceiling of Table 13.
 UNSUP_METHODS = ("PointINS", "HDBSCAN", "Felzenszwalb", "Oracle")
 UNSUP_METRICS = ("mAP", "AP50", "AP25")
@@ -89,6 +94,13 @@ class Run:
 
   def override_dict(self) -> dict:
     return {k: _thaw(v) for k, v in self.overrides}
+
+
+def run_name(kind: str, variant: str, seed: int) -> str:
+  """The canonical run name: '<variant>__seed<k>' for probe runs, '<kind>-<variant>__seed<k>'
+  for the others."""
+  prefix = "" if kind == "probe" else f"{kind}-"
+  return f"{prefix}{variant}__seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +274,7 @@ def make_plan(study: Mapping, base_pretrain: Mapping, task: str) -> Plan:
     return name
 
   for key in selected:
-    if key == "table13":
+    if key in ("table11", "table13"):
       continue
     title, metrics, rows = specs[key]
     tables.append(Table(key, title, metrics,
@@ -271,7 +283,23 @@ def make_plan(study: Mapping, base_pretrain: Mapping, task: str) -> Plan:
   # The ceiling first within a seed: it shows early whether the budget can measure
   # instances at all.
   order = sorted(variants, key=lambda v: v != SUPERVISED)
-  runs = [Run(f"{v}__seed{s}", v, "probe", s, variants[v]) for s in seeds for v in order]
+  runs = [Run(run_name("probe", v, s), v, "probe", s, variants[v]) for s in seeds
+          for v in order]
+  if "table11" in selected:
+    if task != "panseg":
+      raise ValueError("config.tables: table11 (detection) is an outdoor table; run it with "
+                       "configs/study_outdoor.py.")
+    dos = canonical_variant({"offset.enabled": False}, base_pretrain)
+    rows = []
+    for mode in DETECTION_MODES:
+      for label, (variant, overrides) in (("Random init", (RANDOM_INIT, ())), ("DOS", dos),
+                                          ("PointINS", (POINTINS, ()))):
+        rows.append(Row(f"{label}, {mode}", variant, f"detect_{mode}"))
+        variants.setdefault(variant, overrides)
+    tables.append(Table("table11", "Table 11: detection (CenterPoint-style, decoder probing "
+                        "and finetuning on few labels)", DETECTION_METRICS, tuple(rows)))
+    runs += [Run(run_name(row.kind, row.variant, s), row.variant, row.kind, s,
+                 variants[row.variant]) for s in seeds for row in rows]
   if "table13" in selected:
     # The unsupervised rows need exports only: PointINS pretrained and at random init.
     pointins = POINTINS
@@ -282,7 +310,7 @@ def make_plan(study: Mapping, base_pretrain: Mapping, task: str) -> Plan:
             Row("Ground-truth offsets (ceiling)", pointins, "unsup", "Oracle"))
     tables.append(Table("table13", "Table 13: unsupervised instances (class-agnostic)",
                         UNSUP_METRICS, rows))
-    runs += [Run(f"unsup-{v}__seed{s}", v, "unsup", s, ()) for s in seeds
+    runs += [Run(run_name("unsup", v, s), v, "unsup", s, ()) for s in seeds
              for v in (pointins, RANDOM_INIT)]
   return Plan(tuple(tables), tuple(runs), seeds, task)
 
@@ -425,18 +453,20 @@ def _strip(tree):
   return tree
 
 
-def make_fingerprint(study, pretrain, probe, ceiling):
+def make_fingerprint(study, pretrain, probe, ceiling, detection: Optional[Mapping] = None):
   """run -> sha256 (16 hex digits) of everything that determines its result: the run, the
   configs it uses with the study's budget applied (pretraining: every run but the ceiling,
   whose random-init encoder has none; probe: probe runs, the ceiling's for the ceiling;
-  Table 13's scene count: unsup runs). A change elsewhere (e.g. the ceiling's steps)
-  leaves the other runs' records valid."""
+  Table 13's scene count: unsup runs; `detection[run.kind]`: Table 11's runs). A change
+  elsewhere (e.g. the ceiling's steps) leaves the other runs' records valid."""
   def fingerprint(run: Run) -> str:
     used = dict(run=dataclasses.asdict(run))
     if run.variant != SUPERVISED:
       used["pretrain"] = pretrain.to_dict()
     if run.kind == "probe":
       used["probe"] = (ceiling if run.variant == SUPERVISED else probe).to_dict()
+    elif run.kind.startswith("detect_"):
+      used["probe"] = detection[run.kind].to_dict()
     else:
       used["unsup"] = dict(scenes=int(study.unsup_scenes), batch_size=int(study.batch_size))
     return config_hash(used)
@@ -475,8 +505,8 @@ def mean_std(values: Sequence[float]) -> Stat:
               len(values))
 
 
-def _run_metrics(records: Mapping[str, dict], run_name: str, row: Row) -> Optional[dict]:
-  record = records.get(run_name)
+def _run_metrics(records: Mapping[str, dict], name: str, row: Row) -> Optional[dict]:
+  record = records.get(name)
   if record is None:
     return None
   metrics = record["metrics"]
@@ -495,8 +525,7 @@ def aggregate(plan: Plan, records: Mapping[str, dict], metrics: Optional[Sequenc
   for table in plan.tables:
     rows = {}
     for row in table.rows:
-      prefix = "unsup-" if row.kind == "unsup" else ""
-      per_seed = [_run_metrics(records, f"{prefix}{row.variant}__seed{s}", row)
+      per_seed = [_run_metrics(records, run_name(row.kind, row.variant, s), row)
                   for s in plan.seeds]
       per_seed = [m for m in per_seed if m is not None]
       rows[row.label] = {k: mean_std([float(m[k]) for m in per_seed if k in m])
@@ -674,6 +703,15 @@ def claims(plan: Plan, stats: dict, base_pretrain: Mapping, *, robust_tolerance:
                    "a longer one.", verdict, evidence))
 
   out += _table13_claims(stats)
+  if "table11" in stats:
+    rows = stats["table11"]
+    verdicts, evidence = [], []
+    for mode in DETECTION_MODES:
+      ours, dos = rows[f"PointINS, {mode}"]["mAP"], rows[f"DOS, {mode}"]["mAP"]
+      verdicts.append(better(ours, dos))
+      evidence.append(f"{mode}: PointINS {ours} vs DOS {dos} ({verdicts[-1]})")
+    out.append(Claim("PointINS improves detection over DOS (decoder probing and finetuning "
+                     "on few labels).", _combine(verdicts), "mAP: " + "; ".join(evidence)))
   return out
 
 

@@ -7,6 +7,7 @@ import pytest
 from configs import pointins_indoor
 from configs import pointins_outdoor
 from configs import study_indoor
+from configs import study_outdoor
 from pointins_jax import study
 
 
@@ -179,13 +180,13 @@ def test_report(tmp_path):
     assert needle in text, needle
   # Every table shows each row's final offset quality (median 12 / 13 cm over the seeds);
   # rows without offsets (the baselines of Table 13) read n/a.
-  assert text.count("Offset quality at the end") == len(study.TABLES)
+  assert text.count("Offset quality at the end") == len(plan.tables)
   assert ("| + ODR + SCR (PointINS) | 40.0 ± 0.0 | 12.5 ± 0.7 | 20.0 ± 0.0 | 40.0 ± 0.0 | "
           "50.0 ± 0.0 | 70.0 ± 0.0 |") in text
   assert "| HDBSCAN | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0 |" in text
   assert "Supervised ceiling" in text and "Ground-truth offsets (ceiling)" in text
-  for table in study.TABLES:
-    assert os.path.getsize(tmp_path / "figures" / f"{table}.png") > 1000
+  for table in plan.tables:
+    assert os.path.getsize(tmp_path / "figures" / f"{table.key}.png") > 1000
 
 
 def test_records_dir_and_config_hash(tmp_path):
@@ -298,3 +299,35 @@ def test_a_folder_of_another_config_is_refused(tmp_path):
   study.claim_folder(str(tmp_path / "run"), "aaa")  # the same config resumes
   with pytest.raises(ValueError, match="another config .*fresh --workdir"):
     study.claim_folder(str(tmp_path / "run"), "bbb")
+
+
+def test_table11_is_outdoor_detection_on_shared_exports(tmp_path):
+  """Table 11: 3 encoders x 2 modes per seed, on the same exports as the other tables."""
+  config = study_outdoor.get_config("small,tables=table3+table11,seeds=2")
+  base = pointins_outdoor.get_config("demo")
+  plan = study.make_plan(config, base, "panseg")
+  table = next(t for t in plan.tables if t.key == "table11")
+  assert [r.label for r in table.rows][:3] == ["Random init, decoder", "DOS, decoder",
+                                               "PointINS, decoder"]
+  detect = [r for r in plan.runs if r.kind.startswith("detect_")]
+  assert len(detect) == 2 * 2 * 3
+  assert {r.variant for r in detect} == {study.RANDOM_INIT, study.DOS, study.POINTINS}
+  assert "detect_finetune-pointins__seed1" in {r.name for r in detect}
+  fake = _fake_runner({})
+
+  def runner(run, run_dir):
+    if run.kind.startswith("detect_"):
+      value = 0.3 if run.variant == study.POINTINS else 0.1
+      return dict(mAP=value + 0.01 * run.seed, NDS=value)
+    return fake(run, run_dir)
+
+  records = study.execute(plan, str(tmp_path), runner, progress=False, log=lambda *_: None)
+  stats = study.aggregate(plan, records)
+  assert stats["table11"]["PointINS, finetune"]["mAP"].mean == pytest.approx(0.305)
+  verdicts = {c.text: c.verdict for c in study.claims(plan, stats, base,
+                                                      robust_tolerance=0.05)}
+  assert verdicts["PointINS improves detection over DOS (decoder probing and finetuning on "
+                  "few labels)."] == "agrees"
+  with pytest.raises(ValueError, match="table11"):
+    study.make_plan(study_indoor.get_config("small,tables=table11"),
+                    pointins_indoor.get_config("demo"), "insseg")

@@ -13,11 +13,9 @@ import functools
 import os
 from typing import Callable, Optional
 
-import jax
 import ml_collections
 import numpy as np
 
-from pointins_jax import compilation
 from pointins_jax.data import loader as loader_lib
 from pointins_jax.data import pointcept_io
 from pointins_jax.data import transforms
@@ -33,17 +31,7 @@ from pointins_jax.probe import inference
 
 def make_predict_fn(config, params) -> Callable[[dict], dict]:
   """numpy batch -> top-k candidates per row and group (numpy), jitted on one device."""
-  params = jax.device_get(params)
-  predict = jax.jit(functools.partial(detection_train.predict, config=config),
-                    static_argnames=("stage_capacities",))
-  planner = compilation.CapacityPlanner()
-
-  def apply(batch):
-    batch = dict(batch)
-    caps = planner.pop_and_choose(batch)
-    return {k: np.asarray(v) for k, v in predict(params, batch, stage_capacities=caps).items()}
-
-  return apply
+  return inference.jitted_predictions(detection_train.predict, config, params)
 
 
 def _eval_data_config(data_config):

@@ -12,9 +12,7 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from pointins_jax.model import ptv3
 from pointins_jax.probe import detection as det
@@ -57,17 +55,8 @@ def build_network(config) -> DetectionNetwork:
 def init_probe_state(config, rng, total_steps: int, pretrained_backbone=None
                      ) -> train_lib.ProbeState:
   check_mode(config)
-  net = build_network(config)
-  c = config.model.in_channels
-  dummy = (jnp.zeros((1, 64, 3)), jnp.zeros((1, 64, c)), jnp.zeros((1, 64, 3), jnp.int32),
-           jnp.ones((1, 64), bool))
-  params = net.init({"params": rng, "order": rng, "dropout": rng}, *dummy, train=False)["params"]
-  if pretrained_backbone is not None:
-    params = dict(params)
-    params["backbone"] = train_lib.merge_pretrained(params["backbone"], pretrained_backbone)
-  opt_state = train_lib.build_optimizer(config, total_steps, params).init(params)
-  return train_lib.ProbeState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=opt_state, num_skipped=jnp.zeros((), jnp.int32))
+  return train_lib.init_probe_state(config, rng, total_steps, pretrained_backbone,
+                                    net=build_network(config))
 
 
 def detection_loss(params, batch, rng, net, config, stage_capacities=None):
@@ -91,17 +80,7 @@ def probe_step(state: train_lib.ProbeState, batch, rng, *, config, total_steps: 
                                                  stage_capacities=stage_capacities),
                                has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, batch, rng)
-  optimizer = train_lib.build_optimizer(config, total_steps, state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ok = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
-                                               for g in jax.tree.leaves(grads)]))
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-  new_state = train_lib.ProbeState(step=state.step + 1, params=keep(params, state.params),
-                                   opt_state=keep(opt_state, state.opt_state),
-                                   num_skipped=state.num_skipped + (~ok).astype(jnp.int32))
-  metrics = dict(metrics, skipped=(~ok).astype(jnp.int32), grad_norm=optax.global_norm(grads))
-  return new_state, metrics
+  return train_lib.apply_gradients(config, total_steps, state, loss, grads, metrics)
 
 
 def predict(params, batch, *, config, stage_capacities=None):

@@ -8,7 +8,8 @@ scattering them back to the scan's original point order.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+import functools
+from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 import numpy as np
@@ -93,3 +94,24 @@ def export_model_config(export_config) -> ml_collections.ConfigDict:
     if isinstance(value, list):
       model[key] = tuple(value)
   return model
+
+
+def jitted_predictions(predict: Callable, config, params) -> Callable[[dict], Any]:
+  """numpy batch -> `predict(params, batch, config=, stage_capacities=)` as numpy, jitted on
+  one local device, with the batch's stage capacities chosen by a `CapacityPlanner`.
+
+  Parameters are fetched to the host first, so evaluation needs no other process.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from pointins_jax import compilation  # pylint: disable=import-outside-toplevel
+  params = jax.device_get(params)
+  jitted = jax.jit(functools.partial(predict, config=config),
+                   static_argnames=("stage_capacities",))
+  planner = compilation.CapacityPlanner()
+
+  def apply(batch):
+    batch = dict(batch)
+    caps = planner.pop_and_choose(batch)
+    return jax.tree.map(np.asarray, jitted(params, batch, stage_capacities=caps))
+
+  return apply

@@ -124,20 +124,12 @@ def protocol_of(config) -> protocol_lib.Protocol:
 
 
 def make_predict_fn(config, params):
-  """numpy batch -> {"probs": [B, P, C], "offsets": [B, P, 3]}, jitted on one local device.
-
-  Parameters are fetched to the host first, so evaluation needs no other process.
-  """
-  params = jax.device_get(params)
-  predict = jax.jit(functools.partial(train_lib.predict, config=config),
-                    static_argnames=("stage_capacities",))
-  planner = compilation.CapacityPlanner()
+  """numpy batch -> {"probs": [B, P, C], "offsets": [B, P, 3]}, jitted on one local device."""
+  predict = inference.jitted_predictions(train_lib.predict, config, params)
 
   def apply(batch):
-    batch = dict(batch)
-    caps = planner.pop_and_choose(batch)
-    probs, offsets = predict(params, batch, stage_capacities=caps)
-    return {"probs": np.asarray(probs), "offsets": np.asarray(offsets)}
+    probs, offsets = predict(batch)
+    return {"probs": probs, "offsets": offsets}
 
   return apply
 

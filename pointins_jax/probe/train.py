@@ -88,8 +88,11 @@ def probe_losses(params, batch, rng, net, config, stage_capacities=None):
   return loss, metrics
 
 
-def init_probe_state(config, rng, total_steps: int, pretrained_backbone=None) -> ProbeState:
-  net = build_network(config)
+def init_probe_state(config, rng, total_steps: int, pretrained_backbone=None,
+                     net=None) -> ProbeState:
+  """A fresh probe state: `net` (default: this module's probe network) initialised, the
+  backbone replaced by `pretrained_backbone` where given, and its optimizer state."""
+  net = build_network(config) if net is None else net
   c = config.model.in_channels
   dummy = (jnp.zeros((1, 64, 3)), jnp.zeros((1, 64, c)), jnp.zeros((1, 64, 3), jnp.int32),
            jnp.ones((1, 64), bool))
@@ -133,6 +136,12 @@ def probe_step(state: ProbeState, batch, rng, *, config, total_steps: int,
                                                  stage_capacities=stage_capacities),
                                has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, batch, rng)
+  return apply_gradients(config, total_steps, state, loss, grads, metrics)
+
+
+def apply_gradients(config, total_steps, state: ProbeState, loss, grads, metrics):
+  """The optimizer update of a probe step, skipped (state kept, `skipped` = 1) when the loss
+  or a gradient is not finite; returns (new state, metrics + skipped, grad_norm)."""
   optimizer = build_optimizer(config, total_steps, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

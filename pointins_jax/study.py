@@ -312,6 +312,8 @@ def make_plan(study: Mapping, base_pretrain: Mapping, task: str) -> Plan:
                         UNSUP_METRICS, rows))
     runs += [Run(run_name("unsup", v, s), v, "unsup", s, ()) for s in seeds
              for v in (pointins, RANDOM_INIT)]
+  # Seed-major across kinds too: an interrupted study has every table of its first seeds.
+  runs.sort(key=lambda r: seeds.index(r.seed))
   return Plan(tuple(tables), tuple(runs), seeds, task)
 
 

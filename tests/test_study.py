@@ -59,7 +59,8 @@ def test_shared_rows_are_one_run():
   # 2 fitted, 2 layouts, 2 warm-ups: 14 variants x 2 seeds, plus 2 unsup x 2 seeds.
   assert len(probe_variants) == 14
   assert len(plan.runs) == 14 * 2 + 2 * 2
-  assert [r.seed for r in plan.runs[:14]] == [0] * 14  # seed-major
+  assert [r.seed for r in plan.runs[:16]] == [0] * 16  # seed-major, Table 13 included
+  assert [r.kind for r in plan.runs[14:16]] == ["unsup", "unsup"]
   # Every probe table ends with the ceiling, Table 13 with ground-truth offsets.
   assert all(t.rows[-1].variant == study.SUPERVISED for t in plan.tables if t.key != "table13")
   assert plan.tables[-1].rows[-1].method == "Oracle"

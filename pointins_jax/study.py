@@ -56,9 +56,10 @@ PROBE_METRICS = {"insseg": ("mIoU", "mAP", "AP50", "AP25"), "panseg": ("PQ", "SQ
 OFFSET_QUALITY = ("offset_dist_median_start", "offset_dist_median", "offset_dist_mean",
                   "offset_baseline_median", "offset_closer_fraction_start",
                   "offset_closer_fraction", "offset_unsup_AP25")
-OFFSET_QUALITY_HEADER = ("median |x+o-c| cm at step 0", "median |x+o-c| cm", "mean |x+o-c| cm",
-                         "zero offsets: median |x-c| cm", "moved closer % at step 0",
-                         "moved closer %", "unsup AP25 %")
+# (pipes escaped: the headers sit in markdown tables)
+OFFSET_QUALITY_HEADER = (r"median \|x+o-c\| cm at step 0", r"median \|x+o-c\| cm",
+                         r"mean \|x+o-c\| cm", r"zero offsets: median \|x-c\| cm",
+                         "moved closer % at step 0", "moved closer %", "unsup AP25 %")
 # The instance metric each claim is judged on.
 PRIMARY_METRIC = {"insseg": "mAP", "panseg": "PQ"}
 # A magnitude prior fitted at run time (Table 5): {"kind": "fit", "source": labels|hdbscan}.
@@ -819,6 +820,12 @@ def write_report(workdir: str, plan: Plan, records: Mapping[str, dict], base_pre
             "budget, and the claimed one is not there); 'inconclusive' = within the noise "
             "and the ceiling does not clear the floor. With one seed the std is 0.", "",
             "| Claim | Synthetic study | Evidence |", "|---|---|---|"]
+  missing = [r.name for r in plan.runs if r.name not in records]
+  if missing:
+    lines[-2:-2] = [f"**Provisional**: {len(plan.runs) - len(missing)} of {len(plan.runs)} "
+                    "runs are finished, so rows may have fewer seeds than planned (the "
+                    "seeds column) and a verdict may change; rerun the study command to "
+                    "continue.", ""]
   for claim in claims(plan, stats, base_pretrain, robust_tolerance=robust_tolerance):
     lines.append(f"| {claim.text} | **{claim.verdict}** | {claim.evidence} |")
   lines.append("")

@@ -186,6 +186,12 @@ def test_report(tmp_path):
           "50.0 ± 0.0 | 70.0 ± 0.0 |") in text
   assert "| HDBSCAN | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0 |" in text
   assert "Supervised ceiling" in text and "Ground-truth offsets (ceiling)" in text
+  assert "Provisional" not in text
+  del records[plan.runs[0].name]
+  study.write_report(str(tmp_path), plan, records, base, budget={}, machine={}, wall_s=1.0,
+                     robust_tolerance=0.05)
+  text = open(path, encoding="utf-8").read()
+  assert f"**Provisional**: {len(plan.runs) - 1} of {len(plan.runs)} runs" in text
   for table in plan.tables:
     assert os.path.getsize(tmp_path / "figures" / f"{table.key}.png") > 1000
 

@@ -1,5 +1,6 @@
-"""kNN speed: our `knn` auto path (the Pallas kernel on a GPU, the XLA path elsewhere)
-against `scipy.spatial.cKDTree` build + query on the same points, measured in one process.
+"""kNN speed: our `knn` paths (the Pallas kernel on a GPU; on a CPU the host path, "auto"
+there, and the in-graph XLA search) against `scipy.spatial.cKDTree` build + query on the
+same points, measured in one process.
 
   python -m benchmarks.bench_knn            # 100k points, k = 20 and 150, +- max_distance
   python -m benchmarks.bench_knn --quick    # 10k points, < 1 minute on the 2-core CPU
@@ -69,13 +70,13 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   num_points, repeats = (10_000, 1) if args.quick else (args.points, args.repeats)
-  # The XLA path's many small while-loop steps suit the CPU; on a GPU only the kernel runs.
-  impls = ["pallas"] if dispatch.on_gpu() else ["xla"]
+  # On a GPU only the kernel runs (the host path would copy to the CPU and back).
+  impls = ["pallas"] if dispatch.on_gpu() else ["host", "xla"]
   rng = np.random.default_rng(0)
   clouds = {"volume": volume_cloud(num_points, rng), "surfaces": surface_cloud(num_points, rng)}
 
   print(f"kNN, {num_points} points (queries = keys), backend {jax.default_backend()}, "
-        f"auto -> {dispatch.resolve_impl('auto')}, cKDTree workers=-1 on {os.cpu_count()} "
+        f"auto -> {knn_lib.resolve_impl('auto')}, cKDTree workers=-1 on {os.cpu_count()} "
         f"CPUs; median of {repeats}\n")
   header = ["cloud", "k", "max_distance", "cKDTree s"]
   header += [f"{impl} s" for impl in impls] + [f"{impl} / cKDTree" for impl in impls]

@@ -74,7 +74,8 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
       tau_d=1.2 if indoor else 1.0,
       tau_min=30 if indoor else 10,
       centroid_source="predicted",  # Algorithm 2; 'points' = Eq. 4
-      knn_impl="auto"))  # SCR's kNN: 'auto' (Pallas on GPU, XLA on CPU) | 'pallas' | 'xla'
+      # SCR's kNN: 'auto' (Pallas on GPU, host KD-tree on CPU) | 'pallas' | 'host' | 'xla'
+      knn_impl="auto"))
 
   config.optim = ml_collections.ConfigDict(dict(
       lr=4e-3 if indoor else 2e-3, weight_decay=0.04, warmup_ratio=0.05, clip_norm=3.0,

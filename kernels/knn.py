@@ -1,4 +1,5 @@
-"""k nearest neighbours: Pallas (Triton) tiled kernel, exact pruned XLA path, reference, dispatch.
+"""k nearest neighbours: Pallas (Triton) tiled kernel, exact pruned XLA path, host KD-tree path,
+reference, dispatch.
 
 Contract shared by every implementation (bit-identical results in f32):
   * the squared distance is `dx * dx + dy * dy + dz * dz` of direct f32 coordinate differences
@@ -11,7 +12,8 @@ Contract shared by every implementation (bit-identical results in f32):
     the same in every implementation unless several keys tie at the k-th distance (then any of
     them may fill the last slots). The reference and the Pallas kernel keep the k smallest
     (dist2, key index) pairs, i.e. the lower index wins ties; the XLA path resolves ties by
-    its spatial visiting order (deterministic);
+    its spatial visiting order, the host path by index among its KD-tree's candidates (both
+    deterministic);
   * missing neighbours (fewer than k qualify; every slot of an invalid query) are index -1 and
     dist2 +inf.
 The op is not differentiable: indices are integers and dist2 carries no gradient; gather the
@@ -328,6 +330,115 @@ def knn_xla(queries, keys, k, query_valid, key_valid, query_segment, key_segment
 
 
 # ----------------------------------------------------------------------------------------------
+# Host path (CPU): scipy's KD-tree through a callback, re-ranked by the f32 contract.
+
+# Candidates asked of the KD-tree beyond k. It ranks by float64 distances, which may order keys
+# whose f32 dist2 tie or differ by an ulp otherwise; re-ranking k + slack candidates by the f32
+# (dist2, index) pair gives the reference's answer unless more than `slack` keys sit within f32
+# rounding of the k-th distance (exact ties are allowed to differ by the contract anyway).
+_HOST_SLACK = 2
+# The KD-tree's distance bound is widened by this factor so that no key whose f32 dist2 passes
+# the strict f32 test is cut by float64 rounding; the f32 test is applied afterwards.
+_HOST_BOUND_MARGIN = 1.0 + 1e-5
+# Queries per KD-tree call.
+_HOST_CHUNK = 8192
+
+
+def _host_candidates(queries, keys, query_valid, key_valid, query_segment, key_segment, *,
+                     count, max_distance):
+  """numpy, first half of `knn_host`: i32 [Q, count] candidate key ids, `_NO_KEY` where none.
+
+  One `cKDTree` per segment over its valid keys, queried by that segment's valid queries on
+  every core; each row ascends by the tree's float64 distance.
+  """
+  from scipy.spatial import cKDTree  # pylint: disable=import-outside-toplevel
+  queries, keys = np.asarray(queries), np.asarray(keys)
+  query_valid, key_valid = np.asarray(query_valid), np.asarray(key_valid)
+  query_segment, key_segment = np.asarray(query_segment), np.asarray(key_segment)
+  bound = np.inf if max_distance is None else max_distance * _HOST_BOUND_MARGIN
+  candidate = np.full((queries.shape[0], count), _NO_KEY, np.int32)
+  key_ids = np.flatnonzero(key_valid)
+  key_ids = key_ids[np.argsort(key_segment[key_ids], kind="stable")]
+  query_ids = np.flatnonzero(query_valid)
+  query_ids = query_ids[np.argsort(query_segment[query_ids], kind="stable")]
+  key_groups = dict(zip(*_runs(key_segment[key_ids])))
+  for segment, (start, stop) in zip(*_runs(query_segment[query_ids])):
+    if segment not in key_groups:
+      continue
+    members = key_ids[slice(*key_groups[segment])]
+    tree, width = cKDTree(keys[members]), min(count, members.size)
+    # The tree marks a missing neighbour with members.size: one lookup maps it to _NO_KEY.
+    lookup = np.append(members, _NO_KEY).astype(np.int32)
+    # Chunks of queries keep the tree's float64/int64 outputs small and their memory reused.
+    for chunk in range(start, stop, _HOST_CHUNK):
+      rows = query_ids[chunk:min(chunk + _HOST_CHUNK, stop)]
+      _, nearest = tree.query(queries[rows], k=width, distance_upper_bound=bound, workers=-1)
+      candidate[rows, :width] = lookup[nearest.reshape(rows.size, width)]
+  return candidate
+
+
+def _runs(sorted_values):
+  """(values, [(start, stop)]) of the equal runs of a sorted 1-D array."""
+  values, starts = np.unique(sorted_values, return_index=True)
+  stops = np.append(starts[1:], sorted_values.size)
+  return values.tolist(), list(zip(starts.tolist(), stops.tolist()))
+
+
+def _host_rank(candidate, dist2, *, k):
+  """numpy, second half of `knn_host`: the k best candidates by (f32 dist2, index).
+
+  Rows arrive in the tree's float64 order, which is already the f32 order except near ties,
+  so only the rows out of order are sorted (a full two-key sort costs more than the search).
+  Returns (index i32 [Q, k], dist2 f32 [Q, k]), -1 / +inf where fewer than k qualify.
+  """
+  candidate, dist2 = np.asarray(candidate), np.asarray(dist2)
+  kept = min(k, candidate.shape[1])
+  index = np.full((candidate.shape[0], k), -1, np.int32)
+  best = np.full((candidate.shape[0], k), np.inf, np.float32)
+  index[:, :kept], best[:, :kept] = candidate[:, :kept], dist2[:, :kept]
+  # Cheap screen first: a row can be out of order only where dist2 does not increase (equal
+  # +inf tails included); the exact (dist2, index) test runs on those rows alone.
+  rows = np.flatnonzero(np.any(dist2[:, 1:] <= dist2[:, :-1], axis=1))
+  d, c = dist2[rows], candidate[rows]
+  unordered = (d[:, 1:] < d[:, :-1]) | ((d[:, 1:] == d[:, :-1]) & (c[:, 1:] < c[:, :-1]))
+  rows, d, c = (x[np.any(unordered, axis=1)] for x in (rows, d, c))
+  if rows.size:
+    order = np.lexsort((c, d), axis=-1)[:, :kept]
+    index[rows, :kept] = np.take_along_axis(c, order, 1)
+    best[rows, :kept] = np.take_along_axis(d, order, 1)
+  index[~np.isfinite(best)] = -1
+  return index, best
+
+
+def knn_host(queries, keys, k, query_valid, key_valid, query_segment, key_segment,
+             max_distance=None):
+  """Exact kNN on the host: scipy's `cKDTree` (C++, every core) through `jax.pure_callback`.
+
+  The fastest exact path on a CPU (`benchmarks/bench_knn.py`). The tree proposes k + slack
+  candidates per query; their dist2 are computed here by XLA with the contract's formula
+  (numpy's would differ in the last bit wherever XLA contracts to fused multiply-adds), and
+  a second callback ranks them by (dist2, index). Ties at the k-th distance: the lower index
+  among the tree's candidates. Under vmap the callbacks run once per scene. Arguments as
+  `knn` (all given).
+  """
+  num_queries, count = queries.shape[0], min(k + _HOST_SLACK, keys.shape[0])
+  candidate = jax.pure_callback(
+      functools.partial(_host_candidates, count=count, max_distance=max_distance),
+      jax.ShapeDtypeStruct((num_queries, count), jnp.int32),
+      queries, keys, query_valid, key_valid, query_segment, key_segment,
+      vmap_method="sequential")
+  found = candidate != _NO_KEY
+  dist2 = _squared_distance(queries[:, None, :], keys[jnp.where(found, candidate, 0)])
+  if max_distance is not None:
+    found &= dist2 < np.float32(max_distance) ** 2
+  shapes = (jax.ShapeDtypeStruct((num_queries, k), jnp.int32),
+            jax.ShapeDtypeStruct((num_queries, k), jnp.float32))
+  return jax.pure_callback(functools.partial(_host_rank, k=k), shapes,
+                           jnp.where(found, candidate, _NO_KEY),
+                           jnp.where(found, dist2, jnp.inf), vmap_method="sequential")
+
+
+# ----------------------------------------------------------------------------------------------
 # Public op and reference.
 
 
@@ -392,7 +503,15 @@ def _knn(queries, keys, query_valid, key_valid, query_segment, key_segment, *, k
     return knn_pallas(*args, interpret=interpret)
   if impl == "xla":
     return knn_xla(*args)
+  if impl == "host":
+    return knn_host(*args)
   return knn_reference(*args)
+
+
+def resolve_impl(impl: str) -> str:
+  """kNN's `impl` -> "pallas" | "host" | "xla" | "reference" ("auto": Pallas on a GPU, the
+  host KD-tree elsewhere, the fastest exact CPU path: `benchmarks/bench_knn.py`)."""
+  return dispatch.resolve_impl(impl, cpu="host", extra=("host",))
 
 
 def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=None,
@@ -407,7 +526,8 @@ def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=Non
     query_segment, key_segment: int [Q] / [M]; neighbours only within the same segment
       (e.g. scene or cluster id). Both or neither.
     max_distance: static float; only keys with distance < max_distance (strict) qualify.
-    impl: "auto" (Pallas on a GPU, XLA elsewhere), "pallas", "xla" or "reference".
+    impl: "auto" (Pallas on a GPU, "host" elsewhere), "pallas", "xla" (in-graph search),
+      "host" (scipy's cKDTree through a callback) or "reference".
     interpret: with impl="pallas", run the kernel in the Pallas interpreter (CPU tests).
   Returns:
     (index i32 [Q, k], dist2 f32 [Q, k]) ascending by dist2; -1 / +inf where fewer
@@ -418,7 +538,7 @@ def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=Non
   """
   _check_inputs(queries, keys, k, query_valid, key_valid, query_segment, key_segment,
                 max_distance)
-  impl = dispatch.resolve_impl(impl)
+  impl = resolve_impl(impl)
   return _knn(*_defaults(queries, keys, query_valid, key_valid, query_segment, key_segment),
               k=int(k), max_distance=None if max_distance is None else float(max_distance),
               impl=impl, interpret=interpret)

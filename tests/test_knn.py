@@ -17,6 +17,7 @@ from tests import knn_checks
 IMPLS = {
     "reference": dict(impl="reference"),
     "xla": dict(impl="xla"),
+    "host": dict(impl="host"),
     "pallas": dict(impl="pallas", interpret=True),
 }
 
@@ -102,7 +103,7 @@ def test_ties_on_integer_grid(impl):
     index, dist2 = _run(case, k, max_distance, **IMPLS[impl])
     _check(case, k, max_distance, (index, dist2))
     # Lower-index-first tie rule of the reference and the kernel, checked by brute force.
-    if impl != "xla":
+    if impl not in ("xla", "host"):
       d2 = np.sum((queries[:, None] - lattice[None]) ** 2, -1)
       d2 = np.where(d2 < (max_distance or np.inf) ** 2, d2, np.inf)
       expected = np.lexsort((np.broadcast_to(np.arange(len(lattice)), d2.shape), d2))[:, :k]
@@ -115,12 +116,12 @@ def test_implementations_agree_bitwise():
   case = _masked_case(num_queries=300, num_keys=450, seed=7)
   for k, max_distance in ((20, None), (150, 1.2)):
     expected = _run(case, k, max_distance, **IMPLS["reference"])
-    for impl in ("xla", "pallas"):
+    for impl in ("xla", "host", "pallas"):
       for got, want in zip(_run(case, k, max_distance, **IMPLS[impl]), expected):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("impl", ["xla", "host", "pallas"])
 def test_far_from_origin_keeps_precision(impl):
   # 1 km from the origin |q|^2 + |k|^2 - 2q.k would lose ~0.1 m^2 in f32; differences do not.
   case = _masked_case(num_queries=64, num_keys=200, seed=8)
@@ -154,16 +155,40 @@ def test_vmap_over_scenes_matches_per_scene(impl):
       np.testing.assert_array_equal(np.asarray(got[b]), np.asarray(want))
 
 
-def test_deterministic():
+@pytest.mark.parametrize("impl", ["xla", "host"])
+def test_deterministic(impl):
   case = _masked_case(seed=12)
-  first, second = _run(case, 12, impl="xla"), _run(case, 12, impl="xla")
+  first, second = _run(case, 12, impl=impl), _run(case, 12, impl=impl)
   for a, b in zip(first, second):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_auto_is_xla_on_cpu():
+def test_auto_is_host_on_cpu():
   case = _masked_case(num_queries=40, num_keys=60, seed=13)
-  for got, want in zip(_run(case, 5), _run(case, 5, impl="xla")):
+  for got, want in zip(_run(case, 5), _run(case, 5, impl="host")):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_host_path_reranks_near_ties_by_f32_contract():
+  # Keys a few f32 ulps apart in distance, more of them than k: the float64 tree and the f32
+  # contract may order them differently; the host path must give the reference's answer.
+  rng = np.random.default_rng(15)
+  direction = rng.normal(size=(40, 3))
+  direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+  keys = (np.float32(100.0) + direction * np.float32(0.7)).astype(np.float32)
+  queries = np.full((1, 3), 100.0, np.float32)
+  case = dict(queries=queries, keys=keys)
+  for k in (3, 10):
+    for got, want in zip(_run(case, k, impl="host"), _run(case, k, impl="reference")):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_host_path_inside_jit_equals_reference():
+  case = _masked_case(num_queries=120, num_keys=160, seed=16)
+  fn = jax.jit(lambda q, x: knn_lib.knn(q, x, 9, max_distance=0.7, impl="host"))
+  for got, want in zip(fn(case["queries"], case["keys"]),
+                       _run(dict(queries=case["queries"], keys=case["keys"]), 9, 0.7,
+                            impl="reference")):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -203,3 +228,11 @@ def test_non_finite_valid_coordinates_raise():
   queries[2] = np.inf
   with pytest.raises(ValueError, match=r"queries has non-finite .* rows \[2\]"):
     knn_lib.knn(queries, np.zeros((6, 3), np.float32), 2)
+
+
+def test_host_path_in_small_chunks_equals_reference(monkeypatch):
+  # Several KD-tree calls per segment (chunks of 7 queries) must give the same answer.
+  monkeypatch.setattr(knn_lib, "_HOST_CHUNK", 7)
+  case = _masked_case(num_queries=90, num_keys=130, seed=17)
+  for got, want in zip(_run(case, 11, 0.9, impl="host"), _run(case, 11, 0.9, impl="reference")):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -8,7 +8,8 @@ Both variants run the same jit-compiled `train_step` on the same batches; the ba
 sets `config.offset.enabled=False` (the DOS baseline: no offset head loss, no ODR/SCR).
 The step counter is placed after the offset warm-up so the PointINS step pays for every
 term. Reports the median wall time per step over `--repeats` steps after compilation and
-the ratio PointINS / DOS (the paper reports about 1.25x).
+the ratio PointINS / DOS (the paper reports about 1.25x). `--knn-impls host,xla` times the
+PointINS step once per kNN implementation of SCR.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pointins_jax.model import configs as model_configs
 from pointins_jax.pointins import train as train_lib
 
 
-def make_config(model: str, points: int, offset_enabled: bool):
+def make_config(model: str, points: int, offset_enabled: bool, knn_impl: str = "auto"):
   config = pointins_indoor.get_config("demo")
   if model != "tiny":
     config.model = model_configs.model_config(model)
@@ -35,6 +36,7 @@ def make_config(model: str, points: int, offset_enabled: bool):
     config.heads = common.pretrain_config("indoor").heads
   config.data.buckets = (points,)
   config.offset.enabled = offset_enabled
+  config.offset.knn_impl = knn_impl
   return config
 
 
@@ -56,6 +58,8 @@ def main():
   parser.add_argument("--model", default="tiny", help="tiny | base | large")
   parser.add_argument("--points", type=int, default=2048, help="points per view (bucket)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--knn-impls", default="auto",
+                      help="comma-separated offset.knn_impl values for the PointINS rows")
   args = parser.parse_args()
   base_config = make_config(args.model, args.points, offset_enabled=True)
   iterator = loader_lib.make_pretrain_iterator(
@@ -69,9 +73,12 @@ def main():
   print("| variant | step ms | points/s | vs DOS |")
   print("|---|---|---|---|")
   baseline = None
-  for name, enabled in (("DOS baseline (offset off)", False), ("PointINS (ODR + SCR)", True)):
-    seconds = time_step(make_config(args.model, args.points, enabled), host_batch, 100,
-                        args.repeats)
+  variants = [("DOS baseline (offset off)", False, "auto")]
+  variants += [(f"PointINS (ODR + SCR), kNN {impl}", True, impl)
+               for impl in args.knn_impls.split(",")]
+  for name, enabled, knn_impl in variants:
+    seconds = time_step(make_config(args.model, args.points, enabled, knn_impl), host_batch,
+                        100, args.repeats)
     baseline = baseline or seconds
     print(f"| {name} | {seconds * 1e3:.0f} | {real / seconds:,.0f} | {seconds / baseline:.2f}x |",
           flush=True)

@@ -21,3 +21,21 @@ def median_seconds(fn, repeats: int, warmup: bool = True) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def interleaved_median_seconds(fns, repeats: int, warmup: bool = True) -> list:
+  """Median seconds of each callable in `fns`, timed in turn within every repeat.
+
+  Alternating A B A B ... keeps slow drifts of a shared machine's load out of the ratios
+  between them (timing all repeats of A, then all of B, does not).
+  """
+  if warmup:
+    for fn in fns:
+      jax.block_until_ready(fn())
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, spent in zip(fns, times):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      spent.append(time.perf_counter() - start)
+  return [float(np.median(spent)) for spent in times]

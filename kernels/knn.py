@@ -341,7 +341,7 @@ _HOST_SLACK = 2
 # the strict f32 test is cut by float64 rounding; the f32 test is applied afterwards.
 _HOST_BOUND_MARGIN = 1.0 + 1e-5
 # Queries per KD-tree call.
-_HOST_CHUNK = 8192
+_HOST_CHUNK = 32768
 
 
 def _host_candidates(queries, keys, query_valid, key_valid, query_segment, key_segment, *,

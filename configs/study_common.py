@@ -18,9 +18,9 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
   `tables` picks tables ('+'-separated, since ',' separates config arguments); `seeds`
   sets how many seeds (0 .. seeds-1).
   """
-  from pointins_jax import study  # pylint: disable=import-outside-toplevel
+  from pointins_jax.study import planning  # pylint: disable=import-outside-toplevel
   indoor = kind == "indoor"
-  tables = [t for t in study.TABLES if not (indoor and t == "table11")]  # detection: outdoor
+  tables = [t for t in planning.TABLES if not (indoor and t == "table11")]  # detection: outdoor
   arg = common.parse_arg(arg, variant="small", tables="+".join(tables), seeds=0)
   config = ml_collections.ConfigDict()
   config.kind = kind

@@ -24,7 +24,9 @@ from ml_collections import config_flags
 
 from experiments.fit_prior import load_config
 from pointins_jax import cli  # first: before jax is imported (cli docstring)
-from pointins_jax import study as study_lib
+from pointins_jax.study import execution
+from pointins_jax.study import planning
+from pointins_jax.study import reporting
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (file.py:variant).",
                                           lock_config=True)
@@ -56,7 +58,7 @@ def _override(config, overrides) -> None:
   """Applies ((dotted key, value), ...) to `config`; KeyError naming an unknown field."""
   for key, value in overrides:
     parent, _, leaf = key.rpartition(".")
-    node = study_lib.lookup(config, parent) if parent else config
+    node = planning.lookup(config, parent) if parent else config
     if leaf not in node:
       raise KeyError(f"study override {key!r}: the config has no field {leaf!r}.")
     node[leaf] = value
@@ -111,7 +113,7 @@ def fit_prior(spec: dict, pretrain_config, seed: int, path: str) -> dict:
   return dict(kind="file", path=os.path.abspath(path))
 
 
-def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
+def ensure_export(run: planning.Run, base, workdir: str) -> str:
   """The export/ folder of the run's variant and seed, pretraining (or resuming) it first.
 
   Shared by the variant's probe and unsup runs. RANDOM_INIT: an export of freshly
@@ -122,17 +124,17 @@ def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
   export_dir = os.path.join(pretrain_dir, "export")
   # Never reuse another config's export or checkpoints (a changed study config, same
   # --workdir).
-  study_lib.claim_folder(pretrain_dir, study_lib.config_hash(
+  execution.claim_folder(pretrain_dir, execution.config_hash(
       dict(seed=run.seed, overrides=run.overrides, pretrain=base.to_dict())))
   if os.path.isfile(os.path.join(export_dir, "config.json")):  # written last by the export
     return export_dir
   config = base.copy_and_resolve_references()
   config.seed = run.seed
   for key, value in run.override_dict().items():
-    if isinstance(value, dict) and value.get("kind") == study_lib.FIT_PRIOR:
+    if isinstance(value, dict) and value.get("kind") == planning.FIT_PRIOR:
       value = fit_prior(value, config, run.seed, os.path.join(pretrain_dir, "prior.npz"))
     parent, _, leaf = key.rpartition(".")
-    study_lib.lookup(config, parent)[leaf] = value
+    planning.lookup(config, parent)[leaf] = value
   if run.pretrained:
     from pointins_jax.pointins import loop  # pylint: disable=import-outside-toplevel
     loop.train_and_evaluate(config, pretrain_dir)
@@ -151,12 +153,12 @@ def ensure_export(run: study_lib.Run, base, workdir: str) -> str:
   return export_dir
 
 
-def pretrain_dir_of(run: study_lib.Run, workdir: str) -> str:
+def pretrain_dir_of(run: planning.Run, workdir: str) -> str:
   """WORKDIR/pretrain/<variant>__seed<k>: the pretraining run a variant's runs share."""
   return os.path.join(workdir, "pretrain", f"{run.variant}__seed{run.seed}")
 
 
-def offset_quality(run: study_lib.Run, workdir: str) -> dict:
+def offset_quality(run: planning.Run, workdir: str) -> dict:
   """The offset-quality figures of the run's pretraining, last record and `*_start` from the
   step-0 record ({} when none were logged)."""
   from pointins_jax.pointins import monitor  # pylint: disable=import-outside-toplevel
@@ -165,39 +167,39 @@ def offset_quality(run: study_lib.Run, workdir: str) -> dict:
     return {}
   out = {f"{k}_start": float(records[0][k]) for k in monitor.KEYS}
   out.update({k: float(records[-1][k]) for k in monitor.KEYS})
-  return {k: v for k, v in out.items() if k in study_lib.OFFSET_QUALITY}
+  return {k: v for k, v in out.items() if k in planning.OFFSET_QUALITY}
 
 
 def make_runner(study, workdir: str):
-  """(run, run_dir) -> metrics, the real runner of `study_lib.execute`."""
+  """(run, run_dir) -> metrics, the real runner of `execution.execute`."""
   pretrain, probe = pretrain_base(study), probe_base(study)
   ceiling = probe_base(study, ceiling=True)
   detection = {f"detect_{m}": probe_base(study, detection=m)
-               for m in study_lib.DETECTION_MODES} if probe.task == "panseg" else {}
+               for m in planning.DETECTION_MODES} if probe.task == "panseg" else {}
 
-  def runner(run: study_lib.Run, run_dir: str) -> dict:
+  def runner(run: planning.Run, run_dir: str) -> dict:
     if run.kind == "unsup":
       from pointins_jax.probe import unsupervised  # pylint: disable=import-outside-toplevel
       result = unsupervised.run(ensure_export(run, pretrain, workdir), pretrain.data.dataset,
                                 out_dir=run_dir, num_scenes=int(study.unsup_scenes),
                                 batch_size=int(study.batch_size), log=logging.info)
-      metrics = {m: dict(result[m]) for m in study_lib.UNSUP_METHODS}
+      metrics = {m: dict(result[m]) for m in planning.UNSUP_METHODS}
       metrics["PointINS"].update(offset_quality(run, workdir))  # the offsets it grouped
       return metrics
     from pointins_jax.probe import loop  # pylint: disable=import-outside-toplevel
-    supervised = run.variant == study_lib.SUPERVISED
+    supervised = run.variant == planning.SUPERVISED
     if run.kind in detection:
       config = detection[run.kind].copy_and_resolve_references()
       config.seed = run.seed
       config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
       record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
-      return {k: float(record[k]) for k in study_lib.DETECTION_METRICS}
+      return {k: float(record[k]) for k in planning.DETECTION_METRICS}
     config = (ceiling if supervised else probe).copy_and_resolve_references()
     config.seed = run.seed
     config.pretrained = ensure_export(run, pretrain, workdir) if run.pretrained else ""
     record = loop.train_and_evaluate(config, os.path.join(run_dir, "probe"))
-    metrics = {k: float(record[k]) for k in study_lib.PROBE_METRICS[config.task]}
-    if run.variant == study_lib.RANDOM_INIT and pretrain.train.eval_every > 0:
+    metrics = {k: float(record[k]) for k in planning.PROBE_METRICS[config.task]}
+    if run.variant == planning.RANDOM_INIT and pretrain.train.eval_every > 0:
       ensure_export(run, pretrain, workdir)  # scores the random-init offsets (the floor)
     metrics.update(offset_quality(run, workdir))
     return metrics
@@ -215,13 +217,13 @@ def main(argv):
     # Seeds of one variant compile the same programs: a persistent cache compiles each once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
   runner, pretrain, probe, ceiling, detection = make_runner(study, workdir)
-  plan = study_lib.make_plan(study, pretrain, probe.task)
+  plan = planning.make_plan(study, pretrain, probe.task)
   records_dir, report_path = (_in_repo(study.records_dir), _in_repo(study.report_path))
-  fingerprint = study_lib.make_fingerprint(study, pretrain, probe, ceiling, detection)
+  fingerprint = execution.make_fingerprint(study, pretrain, probe, ceiling, detection)
   if _REPORT_ONLY.value:
-    records = study_lib.finished(plan, workdir, records_dir, fingerprint, print)
+    records = execution.finished(plan, workdir, records_dir, fingerprint, print)
   else:
-    records = study_lib.execute(plan, workdir, runner, records_dir=records_dir,
+    records = execution.execute(plan, workdir, runner, records_dir=records_dir,
                                 fingerprint=fingerprint)
   model = pretrain.model
   budget = {
@@ -245,7 +247,7 @@ def main(argv):
                f"{tuple(model.enc_channels)}",
   }
   machine = {"jax.devices()": str(jax.devices()), "CPU count": os.cpu_count()}
-  path = study_lib.write_report(workdir, plan, records, pretrain, budget=budget,
+  path = reporting.write_report(workdir, plan, records, pretrain, budget=budget,
                                 machine=machine, wall_s=time.perf_counter() - start,
                                 robust_tolerance=float(study.robust_tolerance),
                                 title=f"PointINS synthetic-{study.kind} study",

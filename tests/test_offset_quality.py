@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pointins_jax import study
+from pointins_jax.study import planning
 from pointins_jax.metrics import offset_quality
 from pointins_jax.pointins import monitor
 
@@ -73,5 +73,5 @@ def test_history_final_and_plot(tmp_path):
 
 
 def test_study_reports_monitored_keys():
-  assert {k.removesuffix("_start") for k in study.OFFSET_QUALITY} <= set(monitor.KEYS)
-  assert len(study.OFFSET_QUALITY_HEADER) == len(study.OFFSET_QUALITY)
+  assert {k.removesuffix("_start") for k in planning.OFFSET_QUALITY} <= set(monitor.KEYS)
+  assert len(planning.OFFSET_QUALITY_HEADER) == len(planning.OFFSET_QUALITY)

@@ -509,9 +509,17 @@ def _knn(queries, keys, query_valid, key_valid, query_segment, key_segment, *, k
 
 
 def resolve_impl(impl: str) -> str:
-  """kNN's `impl` -> "pallas" | "host" | "xla" | "reference" ("auto": Pallas on a GPU, the
-  host KD-tree elsewhere, the fastest exact CPU path: `benchmarks/bench_knn.py`)."""
-  return dispatch.resolve_impl(impl, cpu="host", extra=("host",))
+  """kNN's `impl` -> "pallas" | "host" | "xla" | "reference".
+
+  "auto": Pallas on a GPU; on a CPU the host KD-tree (the fastest exact CPU path:
+  `benchmarks/bench_knn.py`) when the process sees one device, else the in-graph XLA search:
+  under a program sharded over several devices a host callback runs on one of them with the
+  whole batch gathered to it (and cannot gather across processes).
+  """
+  resolved = dispatch.resolve_impl(impl, cpu="host", extra=("host",))
+  if impl == "auto" and resolved == "host" and jax.device_count() > 1:
+    return "xla"
+  return resolved
 
 
 def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=None,
@@ -526,7 +534,8 @@ def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=Non
     query_segment, key_segment: int [Q] / [M]; neighbours only within the same segment
       (e.g. scene or cluster id). Both or neither.
     max_distance: static float; only keys with distance < max_distance (strict) qualify.
-    impl: "auto" (Pallas on a GPU, "host" elsewhere), "pallas", "xla" (in-graph search),
+    impl: "auto" (`resolve_impl`: Pallas on a GPU, mostly "host" on a CPU), "pallas", "xla"
+      (in-graph search),
       "host" (scipy's cKDTree through a callback) or "reference".
     interpret: with impl="pallas", run the kernel in the Pallas interpreter (CPU tests).
   Returns:

@@ -17,6 +17,7 @@ from absl import flags  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 from configs import pointins_indoor  # noqa: E402
+from kernels import knn as knn_lib  # noqa: E402
 from pointins_jax import compilation  # noqa: E402
 from pointins_jax import parallel  # noqa: E402
 from pointins_jax.data import loader as loader_lib  # noqa: E402
@@ -50,6 +51,8 @@ def run_step(config, devices, host_batch, total_steps):
 def main():
   flags.FLAGS.mark_as_parsed()
   assert jax.device_count() == 4, jax.devices()
+  # Several devices: SCR's kNN stays in the graph (a host callback would gather the batch).
+  assert knn_lib.resolve_impl("auto") == "xla", knn_lib.resolve_impl("auto")
   config = pointins_indoor.get_config("demo")
   config.data.num_scenes = 4
   config.train.batch_size = 4

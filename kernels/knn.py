@@ -535,8 +535,7 @@ def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=Non
       (e.g. scene or cluster id). Both or neither.
     max_distance: static float; only keys with distance < max_distance (strict) qualify.
     impl: "auto" (`resolve_impl`: Pallas on a GPU, mostly "host" on a CPU), "pallas", "xla"
-      (in-graph search),
-      "host" (scipy's cKDTree through a callback) or "reference".
+      (in-graph search), "host" (scipy's cKDTree through a callback) or "reference".
     interpret: with impl="pallas", run the kernel in the Pallas interpreter (CPU tests).
   Returns:
     (index i32 [Q, k], dist2 f32 [Q, k]) ascending by dist2; -1 / +inf where fewer

@@ -76,7 +76,7 @@ def main():
   clouds = {"volume": volume_cloud(num_points, rng), "surfaces": surface_cloud(num_points, rng)}
 
   print(f"kNN, {num_points} points (queries = keys), backend {jax.default_backend()}, "
-        f"auto -> {knn_lib.resolve_impl('auto')}, cKDTree workers=-1 on {os.cpu_count()} "
+        f"auto -> {knn_lib.resolve_impl('auto', num_points)}, cKDTree workers=-1 on {os.cpu_count()} "
         f"CPUs; median of {repeats}, interleaved\n")
   header = ["cloud", "k", "max_distance", "cKDTree s"]
   header += [f"{impl} s" for impl in impls] + [f"{impl} / cKDTree" for impl in impls]

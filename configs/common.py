@@ -74,7 +74,7 @@ def pretrain_config(kind: str) -> ml_collections.ConfigDict:
       tau_d=1.2 if indoor else 1.0,
       tau_min=30 if indoor else 10,
       centroid_source="predicted",  # Algorithm 2; 'points' = Eq. 4
-      # SCR's kNN: 'auto' (Pallas on GPU, host KD-tree on CPU) | 'pallas' | 'host' | 'xla'
+      # SCR's kNN: 'auto' (kernels.knn.resolve_impl) | 'pallas' | 'host' | 'xla'
       knn_impl="auto"))
 
   config.optim = ml_collections.ConfigDict(dict(

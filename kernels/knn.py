@@ -342,6 +342,9 @@ _HOST_SLACK = 2
 _HOST_BOUND_MARGIN = 1.0 + 1e-5
 # Queries per KD-tree call.
 _HOST_CHUNK = 32768
+# "auto" takes the host path on a CPU from this many queries per call (`resolve_impl`). At
+# 10k points the XLA search took 2.4-3.6x cKDTree's time, the host path about 1x.
+HOST_MIN_QUERIES = 8192
 
 
 def _host_candidates(queries, keys, query_valid, key_valid, query_segment, key_segment, *,
@@ -508,16 +511,21 @@ def _knn(queries, keys, query_valid, key_valid, query_segment, key_segment, *, k
   return knn_reference(*args)
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, num_queries: int | None = None) -> str:
   """kNN's `impl` -> "pallas" | "host" | "xla" | "reference".
 
-  "auto": Pallas on a GPU; on a CPU the host KD-tree (the fastest exact CPU path:
-  `benchmarks/bench_knn.py`) when the process sees one device, else the in-graph XLA search:
-  under a program sharded over several devices a host callback runs on one of them with the
-  whole batch gathered to it (and cannot gather across processes).
+  "auto": Pallas on a GPU. On a CPU, the host KD-tree (the fastest exact CPU path:
+  `benchmarks/bench_knn.py`) for at least `HOST_MIN_QUERIES` queries per call (or an unknown
+  count) in a process that sees one device; else the in-graph XLA search:
+  * a program holding a host callback is never written to JAX's persistent compilation
+    cache, and below that size the two paths cost the same (the demo's PointINS step, 2048-
+    point views: 466 vs 480 ms), so small clouds keep their programs cacheable;
+  * in a program sharded over several devices a host callback runs on one of them with the
+    whole batch gathered to it (and cannot gather across processes).
   """
   resolved = dispatch.resolve_impl(impl, cpu="host", extra=("host",))
-  if impl == "auto" and resolved == "host" and jax.device_count() > 1:
+  if impl == "auto" and resolved == "host" and (
+      jax.device_count() > 1 or (num_queries is not None and num_queries < HOST_MIN_QUERIES)):
     return "xla"
   return resolved
 
@@ -546,7 +554,7 @@ def knn(queries, keys, k, *, query_valid=None, key_valid=None, query_segment=Non
   """
   _check_inputs(queries, keys, k, query_valid, key_valid, query_segment, key_segment,
                 max_distance)
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, queries.shape[0])
   return _knn(*_defaults(queries, keys, query_valid, key_valid, query_segment, key_segment),
               k=int(k), max_distance=None if max_distance is None else float(max_distance),
               impl=impl, interpret=interpret)

@@ -163,9 +163,14 @@ def test_deterministic(impl):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_auto_is_host_on_cpu():
+def test_auto_on_cpu_is_host_for_large_clouds_and_xla_for_small_ones():
+  assert knn_lib.resolve_impl("auto", knn_lib.HOST_MIN_QUERIES) == "host"
+  assert knn_lib.resolve_impl("auto") == "host"
+  assert knn_lib.resolve_impl("auto", knn_lib.HOST_MIN_QUERIES - 1) == "xla"
+  assert knn_lib.resolve_impl("xla", 10**6) == "xla"
+  assert knn_lib.resolve_impl("host", 1) == "host"
   case = _masked_case(num_queries=40, num_keys=60, seed=13)
-  for got, want in zip(_run(case, 5), _run(case, 5, impl="host")):
+  for got, want in zip(_run(case, 5), _run(case, 5, impl="xla")):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

@@ -31,10 +31,13 @@ def get_config(arg=None):
     config.train.checkpoint_every = 40
     config.offset.k_nn = 32
     config.offset.tau_min = 10
-    # A short CPU run: one compilation of the fixed capacities beats fitting them (its
-    # sparse small rooms fill the coarse stages anyway; fitting compiled 3 profiles in 50
-    # steps, 6:00 wall vs 1:53 fixed, docs/performance.md).
+    # A short CPU run: one compilation of fixed capacities beats fitting them (fitting
+    # compiled 3 profiles in 50 steps, 6:00 wall vs 1:53 fixed, docs/performance.md). The
+    # fixed capacities follow these sparse rooms, which pooling barely thins: 2048-point
+    # views hold at most 2048 / 1926 / 1557 / 770 / 243 points per stage (160 views). The
+    # default fractions (1, .5, .25, .125, .0625) cropped every view to about 800 points.
     config.model.capacity_steps_per_octave = 0
+    config.model.stage_capacity_fractions = (1.0, 1.0, 0.8125, 0.4375, 0.125)
   elif variant == "synthetic":
     config.data.dataset = "synthetic-indoor"
     config.data.root = "data/synthetic-indoor"

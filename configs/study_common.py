@@ -47,6 +47,12 @@ def study_config(kind: str, arg) -> ml_collections.ConfigDict:
   # and table 0 (never found, even at AP25), so table and bathtub gave way to cabinet.
   config.data_overrides = ((("data.synthetic_kinds", ("bed", "sofa", "bookshelf",
                                                       "cabinet")),) if indoor else ())
+  # ((dotted key, value), ...) overrides of the pretraining config: the settings the
+  # committed records were made with, pinned so that retuning the demo configs does not
+  # invalidate them (tests/test_study_records.py). Indoor: the demo's stage capacities
+  # before they followed its rooms (its views were cropped to about 800 points).
+  config.pretrain_overrides = ((("model.stage_capacity_fractions",
+                                 (1.0, 0.5, 0.25, 0.125, 0.0625)),) if indoor else ())
   # ((dotted key, value), ...) overrides of the probe config, for every probe run (the
   # ceiling's included).
   config.probe_overrides = ()

@@ -51,6 +51,7 @@ def pretrain_base(study):
   config.train.num_eval_scenes = int(study.offset_eval_scenes)
   config.data.num_scenes = int(study.num_scenes)
   _override(config, study.data_overrides)
+  _override(config, study.pretrain_overrides)
   return config
 
 

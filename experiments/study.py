@@ -241,6 +241,7 @@ def main(argv):
                                   f"finetune on {study.detection_label_fraction:.0%} of the "
                                   "labelled scenes, at least one)"} if detection else {}),
       "data overrides": str(list(study.data_overrides)) or "none",
+      "pretraining overrides": str(list(study.pretrain_overrides)) or "none",
       "scenes": f"{study.num_scenes} synthetic training scenes ({pretrain.data.dataset}), "
                 f"{study.num_eval_scenes} validation scenes (probe), {study.unsup_scenes} "
                 "(Table 13)",

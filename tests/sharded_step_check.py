@@ -7,7 +7,11 @@ import functools
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# 4 CPU devices share the machine's cores: on a loaded 2-core machine a collective's
+# rendezvous can wait past XLA's default termination timeout (an abort seen in CI while
+# another job ran), so allow it 15 minutes.
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4 "
+                           "--xla_cpu_collective_call_terminate_timeout_seconds=900")
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

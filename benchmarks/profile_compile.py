@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
-import json
 import os
 import re
 import tempfile
@@ -31,7 +28,7 @@ import jax  # pylint: disable=wrong-import-position
 from benchmarks import bench_model  # pylint: disable=wrong-import-position
 from benchmarks import profile_step  # pylint: disable=wrong-import-position
 
-# Compiler trace spans worth showing (XLA:CPU names); others are summed into "rest".
+# Compiler trace spans worth showing (XLA:CPU names); other spans are not printed.
 _PHASES = ("PjRtCpuClient::Compile", "HLO passes through layout assignment",
            "HLO passes after layout assignment", "FusionCompiler::Compile", "Codegen",
            "ThunkEmitter::EmitEntryComputation")
@@ -82,9 +79,7 @@ def main():
   compiled = lowered.compile()
   seconds = time.perf_counter() - start
   jax.profiler.stop_trace()
-  path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
-  with gzip.open(path) as f:
-    spans = compiler_spans(json.load(f)["traceEvents"])
+  spans = compiler_spans(profile_step.trace_events(trace_dir)[1])
   print(f"{args.workload}, capacities={args.capacities}: cold XLA compile {seconds:.1f} s")
   print("| compiler span | seconds (summed over threads) | spans |")
   print("|---|---|---|")

@@ -56,6 +56,13 @@ def op_metadata(compiled_text: str) -> dict[str, str]:
   return meta
 
 
+def trace_events(trace_dir: str) -> tuple[str, list]:
+  """(path, traceEvents) of the newest jax.profiler trace written under `trace_dir`."""
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
+  with gzip.open(path) as f:
+    return path, json.load(f)["traceEvents"]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workload", default="tiny-20k-train", choices=bench_model.WORKLOADS)
@@ -74,9 +81,7 @@ def main():
   for i in range(args.steps):
     jax.block_until_ready(step(2 + i))
   jax.profiler.stop_trace()
-  path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
-  with gzip.open(path) as f:
-    events = json.load(f)["traceEvents"]
+  path, events = trace_events(trace_dir)
   compiled = info["lowered"]().compile()
   meta = op_metadata(compiled.as_text())
   by_part, other = collections.Counter(), collections.Counter()

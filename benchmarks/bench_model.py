@@ -246,8 +246,10 @@ def main():
   parser.add_argument("--tcmalloc", default="/work/peer/tcmalloc/usr/lib/x86_64-linux-gnu/"
                       "libtcmalloc_minimal.so.4", help="LD_PRELOAD for the reference")
   parser.add_argument("--baseline-tree", default="",
-                      help="also time this checkout (e.g. a git worktree of an older commit) "
-                      "with fixed capacities, alternated in the same window")
+                      help="also time this checkout (e.g. a git worktree of an older commit), "
+                      "alternated in the same window")
+  parser.add_argument("--baseline-capacities", default="fixed", choices=("fitted", "fixed"),
+                      help="the baseline's capacities ('fixed' for trees before fa40429)")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -257,7 +259,9 @@ def main():
     args.workloads = "tiny-20k-train,tiny-20k-inference"
   with_ref = bool(args.reference_python and args.reference_script)
   tcmalloc = args.tcmalloc if os.path.exists(args.tcmalloc) else ""
-  print(f"PTv3 protocol benchmark; ours: capacities={args.capacities}; "
+  print(f"PTv3 protocol benchmark; ours: capacities={args.capacities}; " + (
+        f"baseline: {args.baseline_tree}, capacities={args.baseline_capacities}; "
+        if args.baseline_tree else "") +
         f"{args.rounds} round(s), medians over rounds" + (
             f"; reference: {args.reference_script} (tcmalloc {'on' if tcmalloc else 'off'})"
             if with_ref else ""))
@@ -273,7 +277,7 @@ def main():
         rows["ref"].append(reference(workload, args.reference_python, args.reference_script,
                                      tcmalloc))
       if base:
-        rows["base"].append(ours(workload, "fixed", args.baseline_tree))
+        rows["base"].append(ours(workload, args.baseline_capacities, args.baseline_tree))
       rows["ours"].append(ours(workload, args.capacities))
     med = lambda side, key: float(np.median([r[key] for r in rows[side]]))
     mine = med("ours", "median_s")

@@ -39,9 +39,10 @@ ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 # Both sides' architecture: Pointcept's PointTransformerV3.__init__ kwargs ...
 SMALL = dict(
     in_channels=6, order=ORDERS, stride=(2, 2, 2, 2),
-    enc_depths=(1, 1, 1, 1, 1), enc_channels=(16, 32, 64, 128, 256),
+    # Two blocks on some stages: our stacked (scanned) blocks must map to block0, block1.
+    enc_depths=(2, 1, 1, 2, 1), enc_channels=(16, 32, 64, 128, 256),
     enc_num_head=(1, 2, 4, 8, 16), enc_patch_size=(64,) * 5,
-    dec_depths=(1, 1, 1, 1), dec_channels=(32, 32, 64, 128),
+    dec_depths=(2, 1, 1, 1), dec_channels=(32, 32, 64, 128),
     dec_num_head=(2, 2, 4, 8), dec_patch_size=(64,) * 4,
     mlp_ratio=4, drop_path=0.0, shuffle_orders=False)
 POINTCEPT_ONLY = dict(qkv_bias=True, qk_scale=None, attn_drop=0.0, proj_drop=0.0,

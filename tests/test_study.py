@@ -121,6 +121,24 @@ def test_claims_agree_when_pointins_wins(tmp_path):
   assert [v for k, v in judged.items() if "robust" not in k] == ["agrees"] * 8
 
 
+def test_ceiling_is_not_a_competitor(tmp_path):
+  """A ceiling far above every method (as real ones are) must not enter the prior spread
+  (Table 5) or the warm-ups PointINS must beat (Table 10)."""
+  plan, base = _plan()
+  records = execution.execute(
+      plan, str(tmp_path), _fake_runner({planning.POINTINS: 0.5, planning.SUPERVISED: 0.9}),
+      progress=False, log=lambda *_: None)
+  judged = {c.text: c for c in verdicts.claims(plan, verdicts.aggregate(plan, records), base,
+                                               robust_tolerance=0.05)}
+  warmup = next(c for k, c in judged.items() if "warm-up" in k)
+  assert warmup.verdict == "agrees"  # 0.5 beats warm-ups 0 and 0.3 (0.2); ceiling 0.9
+  assert "Supervised" not in warmup.evidence.split("[")[0]
+  robust = next(c for k, c in judged.items() if "robust" in k)
+  # gamma (= PointINS) 0.5 and three priors at 0.2: spread 0.3, not 0.4 with the ceiling.
+  assert "spread over 4 priors 30.0 points" in robust.evidence
+  assert "Supervised" not in robust.evidence
+
+
 def test_claims_disagree_and_inconclusive(tmp_path):
   # The ceiling (supervised, default 0.2) ties the floor (random init, 0.2): the metric
   # does not resolve differences, so ties stay inconclusive.

@@ -11,6 +11,10 @@ from pointins_jax.study.planning import (DETECTION_MODES, DOS, POINTINS, PRIMARY
                                          RANDOM_INIT, Row, SUPERVISED, canonical_variant, lookup,
                                          run_name)
 
+# Every table's floor and ceiling rows: references that frame a table's methods, never
+# methods a claim compares against one another.
+_REFERENCES = (RANDOM_INIT, SUPERVISED)
+
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
@@ -198,7 +202,7 @@ def claims(plan: Plan, stats: dict, base_pretrain: Mapping, *, robust_tolerance:
     out.append(Claim("Results are robust to the choice of magnitude prior.", "not run",
                      "table5 not run"))
   else:
-    prior_rows = [r for r in table5.rows if r.variant not in (RANDOM_INIT, SUPERVISED, scr_only)]
+    prior_rows = [r for r in table5.rows if r.variant not in _REFERENCES + (scr_only,)]
     prior_stats = {r.label: stats["table5"][r.label][metric] for r in prior_rows}
     finite = {k: s for k, s in prior_stats.items() if s.n > 0 and math.isfinite(s.mean)}
     if len(finite) < 2:
@@ -225,9 +229,8 @@ def claims(plan: Plan, stats: dict, base_pretrain: Mapping, *, robust_tolerance:
                    evidence))
 
   table10 = next((t for t in plan.tables if t.key == "table10"), None)
-  # The floor and the ceiling are references, not competing warm-ups.
-  others = [r.variant for r in table10.rows
-            if r.variant not in (RANDOM_INIT, SUPERVISED, POINTINS)] if table10 is not None else []
+  others = [r.variant for r in table10.rows if r.variant not in _REFERENCES + (POINTINS,)
+            ] if table10 is not None else []
   verdict, evidence = _beats_all(plan, stats, "table10", POINTINS, others, metric)
   ratio = float(lookup(base_pretrain, "offset.warmup_ratio"))
   out.append(Claim(f"The paper's offset-loss warm-up (ratio {ratio:g}) beats no warm-up and "

@@ -17,6 +17,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# The CLIs' glibc malloc settings, before jax starts its threads: XLA:CPU steps run about
+# 2x faster with them (pointins_jax/host_allocator.py), so the suite does too.
+from pointins_jax import host_allocator  # noqa: E402
+
+host_allocator.tune_glibc_malloc()
+
 from absl import flags  # noqa: E402
 
 # grain workers read absl flags; mark them parsed as under absl.app.run.

@@ -235,6 +235,6 @@ def run_absl(main: Callable[[list[str]], Optional[int]], *, name: str) -> None:
   app.run(wrapped, argv=argv, flags_parser=parse)
 
 
-# Before jax starts its threads: glibc's defaults cost XLA:CPU's steps about 2x (module doc).
-host_allocator.tune_glibc_malloc()
 quiet_jax_start()
+# Before a backend starts: glibc's defaults cost XLA:CPU's steps about 2x (host_allocator).
+host_allocator.tune_glibc_malloc()

@@ -1,20 +1,22 @@
 """glibc malloc settings for XLA's CPU runtime, applied in-process at CLI start.
 
-Why: on Linux with glibc's default malloc, XLA:CPU's train step ran about 1.9x slower than
-with tcmalloc on the project's 2-core machine (tiny PTv3, 20k points: 0.63-0.78 s against
-0.37-0.40 s per step; docs/performance.md, "Host allocator"). Each execution allocates
-its temporary buffers afresh; glibc hands allocations above its (dynamic) mmap threshold
-out as fresh mappings, which the kernel must fault in and zero on every step, and spreads
-the runtime's threads over up to 8 arenas per core, each holding its own free memory.
-Capping the arenas at two, serving every size from the arenas (no per-allocation mmap)
-and keeping freed memory instead of trimming it back to the system makes a step reuse
-the same pages, as tcmalloc does. Pointcept's reference is measured with tcmalloc
-preloaded for the same reason (../shared/reference/pointcept_cpu_reference.md).
+Why: on Linux with glibc's default malloc, each XLA:CPU step got its temporary buffers as
+fresh mappings (glibc serves large blocks with mmap and unmaps them on free) and the
+kernel faulted them in and zeroed them page by page: 136k page faults and 0.5 s of system
+time per step of the tiny PTv3 at 20k points, which then ran 0.82-0.91 s per step against
+0.37 s with the settings below (docs/performance.md, "Host allocator"). The settings make
+a step reuse the same pages, as tcmalloc does:
+* one arena: XLA's worker threads (sorts, YNNPACK transposes) allocate large scratch
+  blocks too, and a thread's own arena grows in 64 MiB heaps, so blocks above that were
+  still fresh mappings (the 80k-point step kept 620k faults per step with two arenas);
+* no mmap per allocation, and no trimming on free(): freed blocks stay for the next step.
+Pointcept's reference is measured with tcmalloc preloaded for the same reason
+(../shared/reference/pointcept_cpu_reference.md).
 
-`mallopt` only changes future allocations, so call `tune_glibc_malloc` first thing in a
-process, before jax creates its thread pools. It is a no-op off glibc (macOS, or
-tcmalloc/jemalloc preloaded, whose `mallopt` ignores these options) and when
-$POINTINS_MALLOC_TUNING is "0".
+`mallopt` only changes future allocations, so call `tune_glibc_malloc` early in a
+process, before jax starts a backend (and with it the runtime's thread pools). It is a
+no-op off glibc (macOS; with tcmalloc or jemalloc preloaded their `mallopt` ignores these
+options) and when $POINTINS_MALLOC_TUNING is "0".
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-ARENA_MAX = 2
-# Freed memory at the heap's top is returned to the system only beyond this (2 GiB - 1,
-# mallopt takes an int): a step's buffers are then reused, not faulted in again.
-TRIM_THRESHOLD = 2**31 - 1
+ARENA_MAX = 1  # the lock is cheap next to a step's kernels on a few cores
+# -1: free() never hands memory back (mallopt(3)), so a step's buffers are reused, not
+# faulted in again; a finite threshold is an int, at most 2 GiB, and larger steps' freed
+# blocks would cross it. Memory goes back after compilations instead (below).
+TRIM_THRESHOLD = -1
 
 
 def glibc_mallopt():
@@ -54,7 +57,13 @@ def glibc_mallopt():
 
 
 def tune_glibc_malloc() -> bool:
-  """Applies the settings above; True if glibc accepted all three."""
+  """Applies the settings above; True if glibc accepted all three.
+
+  Also hands memory back after each XLA compilation (`malloc_trim(0)` from a jax
+  monitoring listener): without trimming on free(), the compiler's garbage would stay
+  resident beside the step's buffers and raise peak memory. This imports jax, which is
+  fine before its backends start (they create the runtime's threads).
+  """
   if os.environ.get(TUNING_ENV, "1") in ("0", ""):
     return False
   mallopt = glibc_mallopt()
@@ -62,4 +71,24 @@ def tune_glibc_malloc() -> bool:
     return False
   accepted = [mallopt(_M_ARENA_MAX, ARENA_MAX), mallopt(_M_MMAP_MAX, 0),
               mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+  _trim_after_compilations()
   return all(accepted)
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRIM_AFTER_COMPILE_S = 2.0
+
+
+def _trim_after_compilations() -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+
+  def trim(event: str, duration: float, **kwargs):
+    del kwargs
+    # Only after real compilations: a trim walks the whole heap and the freed pages fault
+    # in again on reuse, while the many sub-second helper programs leave little garbage.
+    if event == _COMPILE_EVENT and duration >= TRIM_AFTER_COMPILE_S:
+      libc.malloc_trim(0)
+
+  jax.monitoring.register_event_duration_secs_listener(trim)

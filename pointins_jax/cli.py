@@ -8,8 +8,9 @@ without an NVIDIA GPU (no /dev/nvidia* device, no nvidia-smi) it then
   plugin's `cudart_stub` / `absl::InitializeLog` lines. Backends are not started, so
   `jax.distributed.initialize()` still works afterwards.
 
-It also applies `host_allocator.tune_glibc_malloc` first (glibc malloc settings that
-halve XLA:CPU's step time here; $POINTINS_MALLOC_TUNING=0 turns them off).
+It then applies `host_allocator.tune_glibc_malloc`, before any backend starts (glibc
+malloc settings that halve XLA:CPU's step time here; $POINTINS_MALLOC_TUNING=0 turns
+them off).
 
 `run(main, argv, name=...)` (argparse entry points) and `run_absl(main, name=...)` (absl
 entry points) turn the product's errors (bad scenes, config fields, checkpoints, files)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -39,21 +40,27 @@ ARENA_MAX = 1  # the lock is cheap next to a step's kernels on a few cores
 TRIM_THRESHOLD = -1
 
 
-def glibc_mallopt():
-  """glibc's `mallopt` as a ctypes function, or None where this is not glibc."""
+@functools.cache
+def _glibc():
+  """This process's C library if it is glibc (it has `gnu_get_libc_version`), else None."""
   if not sys.platform.startswith("linux"):
     return None
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    version = libc.gnu_get_libc_version  # glibc only: musl and others lack it
-    version.restype = ctypes.c_char_p
-    version()
-    mallopt = libc.mallopt
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    libc.gnu_get_libc_version()  # musl and others lack it
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
   except (OSError, AttributeError):
     return None
-  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  mallopt.restype = ctypes.c_int
-  return mallopt
+  return libc
+
+
+def glibc_mallopt():
+  """glibc's `mallopt` as a ctypes function, or None where this is not glibc."""
+  libc = _glibc()
+  return None if libc is None else libc.mallopt
 
 
 def tune_glibc_malloc() -> bool:
@@ -79,16 +86,16 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRIM_AFTER_COMPILE_S = 2.0
 
 
+@functools.cache  # once per process, however many entry points call tune_glibc_malloc
 def _trim_after_compilations() -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-  libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+  malloc_trim = _glibc().malloc_trim
 
   def trim(event: str, duration: float, **kwargs):
     del kwargs
     # Only after real compilations: a trim walks the whole heap and the freed pages fault
     # in again on reuse, while the many sub-second helper programs leave little garbage.
     if event == _COMPILE_EVENT and duration >= TRIM_AFTER_COMPILE_S:
-      libc.malloc_trim(0)
+      malloc_trim(0)
 
   jax.monitoring.register_event_duration_secs_listener(trim)

@@ -113,11 +113,11 @@ def _dense_gather_conv(features, neighbors, kernel):
   return jnp.einsum("nkc,kcd->nd", rows, kernel)
 
 
-@pytest.mark.parametrize("budget_bytes", [1, 9 * 27 * 5 * 4, 1 << 30])  # G = 3, 9, 27
+@pytest.mark.parametrize("budget_bytes", [1, 1 << 30])  # G = 3, 9
 def test_sparse_conv_value_and_gradients_match_dense_reference(monkeypatch, budget_bytes):
   """The grouped GEMM forward and its hand-written VJP (recomputed rows, scatter-add of the
   feature gradient) against autodiff of a one-einsum conv, for one offset group per step
-  up to all 27 in one GEMM; missing neighbours (-1) and repeated neighbours included."""
+  up to 9 per GEMM; missing neighbours (-1) and repeated neighbours included."""
   monkeypatch.setattr(sparse_conv, "GATHER_BUDGET_BYTES", budget_bytes)
   rng = np.random.default_rng(3)
   n, c_in, c_out = 27, 5, 4
@@ -146,5 +146,5 @@ def test_offsets_per_step_is_a_divisor_within_the_budget():
   per_offset = 20480 * 16 * 4
   group = sparse_conv.offsets_per_step(20480, 27, 16)
   assert 27 % group == 0 and group * per_offset <= budget
-  assert sparse_conv.offsets_per_step(64, 27, 16) == 27  # small scenes: one GEMM
+  assert sparse_conv.offsets_per_step(64, 27, 16) == 9  # small scenes: two or more steps
   assert sparse_conv.offsets_per_step(10 ** 7, 125, 64) == 5  # never one offset per step

@@ -120,9 +120,13 @@ GATHER_BUDGET_BYTES = 8 << 20
 def offsets_per_step(num_points: int, num_offsets: int, in_channels: int,
                      itemsize: int = 4) -> int:
   """Kernel offsets G gathered per GEMM: the largest divisor of K3 whose [N, G, C_in] block
-  fits `GATHER_BUDGET_BYTES`, and at least K3's smallest divisor above 1 (one GEMM per
-  offset is the slowest choice: 125 offsets in 125 steps ran 2x slower than in 25)."""
-  divisors = [g for g in range(1, num_offsets + 1) if num_offsets % g == 0]
+  fits `GATHER_BUDGET_BYTES`, at least K3's smallest divisor above 1 (one GEMM per offset
+  is the slowest choice: 125 offsets in 125 steps ran 2x slower than in 25) and at most a
+  proper divisor, so the scan keeps two or more steps: XLA inlines a one-step loop and then
+  fuses the features' producer (a norm and GELU, say) into the gather, recomputing it for
+  each of the K3 reads of every row (3-4x slower convs in the tiny model).
+  """
+  divisors = [g for g in range(1, num_offsets) if num_offsets % g == 0] or [1]
   fits = GATHER_BUDGET_BYTES // max(1, num_points * in_channels * itemsize)
   fits = max(fits, divisors[min(1, len(divisors) - 1)])
   return max(g for g in divisors if g <= fits)

@@ -32,18 +32,22 @@ def _stage_structure(grid, valid, coord, orders, depth_mode, unique_cells=False)
 
   unique_cells: a pooled stage (one point per cell), whose sorts need no tie-break.
   """
-  neighbors = jax.vmap(lambda g, v, c: sparse_conv.neighbor_table(g, v, c, _CPE_KERNEL))(
-      grid, valid, coord)
+  if unique_cells:  # no ties to break: any order will do
+    by_coord = jnp.broadcast_to(jnp.arange(valid.shape[1], dtype=jnp.int32), valid.shape)
+  else:
+    by_coord = jax.vmap(serialization.coordinate_order)(coord)
+  neighbors = jax.vmap(lambda g, v, c, p: sparse_conv.neighbor_table(g, v, c, _CPE_KERNEL, p))(
+      grid, valid, coord, by_coord)
   if depth_mode == "batch":  # Pointcept: one depth over the whole batch, every stage
     depth = serialization.batch_depth(grid, valid)
   elif depth_mode == "scene":
     depth = jax.vmap(serialization.scene_depth)(grid, valid)
   else:
     raise ValueError(f"model.serialization_depth={depth_mode!r}; use 'batch' or 'scene'.")
-  order, inverse = jax.vmap(lambda g, v, c, d: serialization.serialize(
-      g, v, c, orders, d, unique_cells))(grid, valid, coord, depth)  # [B, k, N] each
+  order, inverse = jax.vmap(lambda g, v, c, d, p: serialization.serialize(
+      g, v, c, orders, d, unique_cells, p))(grid, valid, coord, depth, by_coord)  # [B, k, N]
   return {"neighbors": neighbors, "orders": order, "inverses": inverse, "valid": valid,
-          "grid": grid, "coord": coord}
+          "grid": grid, "coord": coord, "by_coord": by_coord}
 
 
 def _block_view(stage, row):
@@ -116,7 +120,8 @@ class PointTransformerV3(nn.Module):
     c0 = cfg.enc_channels[0]
     if cfg.stem == "conv":
       stem_neighbors = jax.vmap(
-          lambda g, v, c: sparse_conv.neighbor_table(g, v, c, _STEM_KERNEL))(grid, valid, coord)
+          lambda g, v, c, p: sparse_conv.neighbor_table(g, v, c, _STEM_KERNEL, p))(
+              grid, valid, coord, stage["by_coord"])
       x = sparse_conv.SubMConv3d(c0, _STEM_KERNEL, use_bias=False, name="stem_conv")(
           feat, stem_neighbors)
       x = pooling.MaskedNorm("batch", name="stem_norm")(x, valid, train)

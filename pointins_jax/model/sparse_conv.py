@@ -56,7 +56,7 @@ def _lex_halves(x, y, z):
   return (x << 8) | (y >> 8), ((y & 0xFF) << 16) | z
 
 
-def neighbor_table(grid, valid, coord, kernel_size: int):
+def neighbor_table(grid, valid, coord, kernel_size: int, by_coord=None):
   """Neighbour indices of one scene.
 
   Cells are sorted lexicographically by (x, y, z) and de-duplicated (each occupied cell
@@ -69,6 +69,8 @@ def neighbor_table(grid, valid, coord, kernel_size: int):
   Args:
     grid: i32 [N, 3] cells (>= 0, < 2^16); valid: bool [N]; coord: f32 [N, 3] (tie-break).
     kernel_size: K (3 for CPE, 5 for the m1 stem).
+    by_coord: i32 [N] `serialization.coordinate_order(coord)` when already computed (any
+      permutation when every cell holds one point).
   Returns:
     i32 [N, K^3] in `kernel_offsets` order: index of the neighbour point in each offset
     cell, -1 if none (and -1 for every entry of an invalid point).
@@ -77,9 +79,11 @@ def neighbor_table(grid, valid, coord, kernel_size: int):
   r = kernel_size // 2
   hi, lo = _lex_halves(grid[:, 0], grid[:, 1], grid[:, 2])
   hi = jnp.where(valid, hi, serialization.PAD_HI)
-  iota = jnp.arange(n, dtype=jnp.int32)
-  s_hi, s_lo, *_, order = jax.lax.sort(
-      (hi, lo, coord[:, 0], coord[:, 1], coord[:, 2], iota), num_keys=5)
+  if by_coord is None:
+    by_coord = serialization.coordinate_order(coord)
+  # Stable on points in coordinate order = one sort on (cell, x, y, z, index).
+  s_hi, s_lo, order = jax.lax.sort((hi[by_coord], lo[by_coord], by_coord), num_keys=2,
+                                   is_stable=True)
   first = jnp.concatenate([jnp.ones((1,), bool),
                            (s_hi[1:] != s_hi[:-1]) | (s_lo[1:] != s_lo[:-1])])
   first &= s_hi != serialization.PAD_HI

@@ -113,12 +113,15 @@ def _dense_gather_conv(features, neighbors, kernel):
   return jnp.einsum("nkc,kcd->nd", rows, kernel)
 
 
-@pytest.mark.parametrize("budget_bytes", [1, 1 << 30])  # G = 3, 9
-def test_sparse_conv_value_and_gradients_match_dense_reference(monkeypatch, budget_bytes):
+# (budget, min depth) -> forward / backward G: (1, 1) -> 1 / 3, (1, 16) -> 9 / 3, (2^30, 1) -> 9 / 9.
+@pytest.mark.parametrize("budget_bytes,min_depth", [(1, 1), (1, 16), (1 << 30, 1)])
+def test_sparse_conv_value_and_gradients_match_dense_reference(monkeypatch, budget_bytes,
+                                                               min_depth):
   """The grouped GEMM forward and its hand-written VJP (recomputed rows, scatter-add of the
   feature gradient) against autodiff of a one-einsum conv, for one offset group per step
-  up to 9 per GEMM; missing neighbours (-1) and repeated neighbours included."""
+  1 to 9 per GEMM; missing neighbours (-1) and repeated neighbours included."""
   monkeypatch.setattr(sparse_conv, "GATHER_BUDGET_BYTES", budget_bytes)
+  monkeypatch.setattr(sparse_conv, "MIN_FORWARD_DEPTH", min_depth)
   rng = np.random.default_rng(3)
   n, c_in, c_out = 27, 5, 4
   features = jnp.asarray(rng.normal(size=(2, n, c_in)), jnp.float32)
@@ -144,7 +147,10 @@ def test_sparse_conv_value_and_gradients_match_dense_reference(monkeypatch, budg
 def test_offsets_per_step_is_a_divisor_within_the_budget():
   budget = sparse_conv.GATHER_BUDGET_BYTES
   per_offset = 20480 * 16 * 4
-  group = sparse_conv.offsets_per_step(20480, 27, 16)
-  assert 27 % group == 0 and group * per_offset <= budget
+  for backward in (False, True):
+    group = sparse_conv.offsets_per_step(20480, 27, 16, backward=backward)
+    assert 27 % group == 0 and group * per_offset <= budget
   assert sparse_conv.offsets_per_step(64, 27, 16) == 9  # small scenes: two or more steps
-  assert sparse_conv.offsets_per_step(10 ** 7, 125, 64) == 5  # never one offset per step
+  assert sparse_conv.offsets_per_step(10 ** 6, 27, 64) == 1  # large blocks: one offset
+  assert sparse_conv.offsets_per_step(10 ** 6, 27, 64, backward=True) == 3
+  assert sparse_conv.offsets_per_step(10 ** 6, 125, 6) == 5  # GEMM depth >= 16

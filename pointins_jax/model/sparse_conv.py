@@ -116,24 +116,33 @@ def neighbor_table(grid, valid, coord, kernel_size: int, by_coord=None):
 
 
 # Bytes of gathered neighbour rows one conv step may hold ([N, G, C_in] per scene). Blocks
-# of a few MiB keep the backward's scatter-add in cache: at 20k-80k points 8 MiB steps ran
-# the conv's gradient 1.2-1.4x faster than 32 MiB ones (docs/performance.md).
+# of a few MiB stay in cache: at 20k-80k points 8 MiB steps ran the conv's gradient
+# 1.2-1.4x faster than 32 MiB ones, and a [80k, 3 x 16] forward block 1.6x slower than
+# three [80k, 16] ones (docs/performance.md).
 GATHER_BUDGET_BYTES = 8 << 20
+# Smallest GEMM depth G * C_in of a forward step: the 5^3 stem's 6 input channels one
+# offset at a time ran 2x slower than 5 offsets (depth 30) per step.
+MIN_FORWARD_DEPTH = 16
 
 
 def offsets_per_step(num_points: int, num_offsets: int, in_channels: int,
-                     itemsize: int = 4) -> int:
-  """Kernel offsets G gathered per GEMM: the largest divisor of K3 whose [N, G, C_in] block
-  fits `GATHER_BUDGET_BYTES`, at least K3's smallest divisor above 1 (one GEMM per offset
-  is the slowest choice: 125 offsets in 125 steps ran 2x slower than in 25) and at most a
-  proper divisor, so the scan keeps two or more steps: XLA inlines a one-step loop and then
-  fuses the features' producer (a norm and GELU, say) into the gather, recomputing it for
-  each of the K3 reads of every row (3-4x slower convs in the tiny model).
+                     itemsize: int = 4, backward: bool = False) -> int:
+  """Kernel offsets G gathered per GEMM step.
+
+  The largest proper divisor of K3 whose [N, G, C_in] block fits `GATHER_BUDGET_BYTES`,
+  but at least the smallest divisor giving a GEMM depth of `MIN_FORWARD_DEPTH` (forward)
+  or K3's smallest divisor above 1 (backward: one offset per step scatter-adds K3 times).
+  A proper divisor keeps the scan at two or more steps: XLA inlines a one-step loop and
+  then fuses the features' producer (a norm and GELU, say) into the gather, recomputing
+  it for each of the K3 reads of every row (3-4x slower convs in the tiny model).
   """
   divisors = [g for g in range(1, num_offsets) if num_offsets % g == 0] or [1]
+  if backward:
+    floor = divisors[min(1, len(divisors) - 1)]
+  else:
+    floor = next((g for g in divisors if g * in_channels >= MIN_FORWARD_DEPTH), divisors[-1])
   fits = GATHER_BUDGET_BYTES // max(1, num_points * in_channels * itemsize)
-  fits = max(fits, divisors[min(1, len(divisors) - 1)])
-  return max(g for g in divisors if g <= fits)
+  return max(g for g in divisors if g <= max(fits, floor))
 
 
 def _gather_rows(features, index):
@@ -172,7 +181,8 @@ def _sparse_conv_bwd(residuals, grad):
   d features = scatter-add of grad W_g^T onto the neighbours."""
   features, neighbors, kernel = residuals
   n, c_in = features.shape
-  group = offsets_per_step(n, neighbors.shape[1], c_in, features.dtype.itemsize)
+  group = offsets_per_step(n, neighbors.shape[1], c_in, features.dtype.itemsize,
+                           backward=True)
   index, weight = _grouped(neighbors, kernel.astype(features.dtype), group)
   grad = grad.astype(features.dtype)
 

@@ -1,0 +1,127 @@
+"""Sparse conv and serialization sorts against their former formulations, same process.
+
+  python -m benchmarks.bench_structure_ops            # demo, 20k and 80k point shapes
+  python -m benchmarks.bench_structure_ops --quick    # demo shapes only
+
+Sparse conv (`model.sparse_conv.sparse_conv`): baseline = one GEMM per kernel offset in a
+`lax.scan` with autodiff's backward (the formulation before 2026-12-05); ours = offsets in
+groups of G per GEMM with a backward that recomputes the gathered rows ("G f / b": the
+forward's and the backward's group sizes). Random neighbour
+tables (30% of entries present), vmapped over B scenes; "grad" = d/d(features, kernel) of
+sum(out^2), forward included.
+
+Serialization (`model.serialization.serialize`, the four curves of a stage-0 scene with
+points sharing cells): baseline = one 5-key sort (code halves, x, y, z) per curve; ours =
+one coordinate sort per stage, then a stable 2-key sort per curve. Both give the same
+orders (checked here). Medians in ms, A and B alternated; ratio = baseline / ours (> 1:
+ours is faster).
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.timing import interleaved_median_seconds
+from pointins_jax.model import serialization
+from pointins_jax.model import sparse_conv
+
+# (B scenes, N points, C_in, C_out, K3): the demo's stage 0-2 at 2048-point views, the
+# protocol's tiny stage 0 and 46M decoder stage 0 at 20k, tiny stage 0 at 80k, the 5^3 stem.
+_CONV_SHAPES = [(4, 2048, 16, 16, 27), (4, 2048, 32, 32, 27), (4, 1024, 64, 64, 27),
+                (1, 20480, 16, 16, 27), (1, 20480, 64, 64, 27), (1, 80000, 16, 16, 27),
+                (1, 20480, 6, 32, 125), (1, 80000, 6, 16, 125)]
+_SORT_SHAPES = [(8, 2048), (1, 20480), (1, 80000)]
+
+
+def per_offset_scan_conv(features, neighbors, kernel):
+  """The former sparse conv: one [N, C_in] gather and GEMM per offset, autodiff backward."""
+  def offset(acc, step):
+    index, weight = step
+    rows = jnp.where((index >= 0)[:, None], features[jnp.maximum(index, 0)], 0.0)
+    return acc + rows @ weight, None
+
+  init = jnp.zeros((features.shape[0], kernel.shape[-1]), features.dtype)
+  return jax.lax.scan(offset, init, (neighbors.T, kernel))[0]
+
+
+def five_key_serialize(grid, valid, coord):
+  """The former serialization: one sort on (hi, lo, x, y, z) per curve."""
+  depth = serialization.scene_depth(grid, valid)
+  iota = jnp.arange(grid.shape[0], dtype=jnp.int32)
+  orders = []
+  for name in serialization.ORDERS:
+    hi, lo = serialization.encode(grid, name, depth)
+    hi = jnp.where(valid, hi, serialization.PAD_HI)
+    orders.append(jax.lax.sort((hi, lo, coord[:, 0], coord[:, 1], coord[:, 2], iota),
+                               num_keys=5)[-1])
+  return jnp.stack(orders)
+
+
+def conv_rows(shapes, repeats):
+  rng = np.random.default_rng(0)
+  rows = []
+  for b, n, c_in, c_out, k3 in shapes:
+    features = jnp.asarray(rng.normal(size=(b, n, c_in)), jnp.float32)
+    present = rng.random((b, n, k3)) < 0.3
+    neighbors = jnp.asarray(np.where(present, rng.integers(0, n, (b, n, k3)), -1), jnp.int32)
+    kernel = jnp.asarray(rng.normal(size=(k3, c_in, c_out)) / np.sqrt(k3 * c_in), jnp.float32)
+    fwd, grad = [], []
+    for conv in (per_offset_scan_conv, sparse_conv.sparse_conv):
+      batched = jax.vmap(conv, in_axes=(0, 0, None))
+      fwd.append(jax.jit(lambda f, k, batched=batched: batched(f, neighbors, k)))
+      grad.append(jax.jit(jax.grad(
+          lambda f, k, batched=batched: jnp.sum(batched(f, neighbors, k) ** 2), (0, 1))))
+    want, got = grad[0](features, kernel), grad[1](features, kernel)
+    for a, c in zip(want, got):
+      np.testing.assert_allclose(c, a, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(a))))
+    times = interleaved_median_seconds(
+        [lambda fn=fn: fn(features, kernel) for fn in fwd + grad], repeats, settle_s=0.2)
+    groups = [sparse_conv.offsets_per_step(n, k3, c_in, backward=bwd) for bwd in (False, True)]
+    rows.append((f"{b} x {n}, {c_in} -> {c_out}, K3 {k3} (G {groups[0]} / {groups[1]})",
+                 *times))
+  return rows
+
+
+def sort_rows(shapes, repeats):
+  rng = np.random.default_rng(1)
+  rows = []
+  for b, n in shapes:
+    grid = rng.integers(0, 200, (b, n, 3)).astype(np.int32)  # ~1% of points share a cell
+    coord = (grid + rng.random(grid.shape)).astype(np.float32) * 0.02
+    valid = rng.random((b, n)) < 0.97
+    args = (jnp.asarray(grid), jnp.asarray(valid), jnp.asarray(coord))
+    fns = [jax.jit(jax.vmap(five_key_serialize)),
+           jax.jit(jax.vmap(lambda g, v, c: serialization.serialize(g, v, c)[0]))]
+    np.testing.assert_array_equal(fns[0](*args), fns[1](*args))
+    times = interleaved_median_seconds([lambda fn=fn: fn(*args) for fn in fns], repeats,
+                                       settle_s=0.2)
+    rows.append((f"{b} x {n}, 4 curves", *times))
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="demo shapes only, 5 repeats")
+  parser.add_argument("--repeats", type=int, default=11)
+  args = parser.parse_args()
+  repeats = 5 if args.quick else args.repeats
+  conv_shapes = _CONV_SHAPES[:3] if args.quick else _CONV_SHAPES
+  sort_shapes = _SORT_SHAPES[:1] if args.quick else _SORT_SHAPES
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; medians of {repeats}, ms\n")
+  print("| sparse conv | fwd: per-offset scan | fwd: grouped | ratio | grad: per-offset scan "
+        "| grad: grouped | ratio |")
+  print("|---|---|---|---|---|---|---|")
+  for name, f0, f1, g0, g1 in conv_rows(conv_shapes, repeats):
+    print(f"| {name} | {f0 * 1e3:.2f} | {f1 * 1e3:.2f} | {f0 / f1:.2f}x | {g0 * 1e3:.2f} | "
+          f"{g1 * 1e3:.2f} | {g0 / g1:.2f}x |")
+  print("\n| serialization | 5-key sort per curve | coordinate sort + 2-key sorts | ratio |")
+  print("|---|---|---|---|")
+  for name, t0, t1 in sort_rows(sort_shapes, repeats):
+    print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()

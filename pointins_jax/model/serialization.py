@@ -146,10 +146,10 @@ def sort_by_code(hi, lo, valid, by_coord=None):
   """
   n = hi.shape[0]
   hi = jnp.where(valid, hi, PAD_HI)
-  iota = jnp.arange(n, dtype=jnp.int32)
+  point = jnp.arange(n, dtype=jnp.int32)  # the point each sorted key belongs to
   if by_coord is not None:  # stable: equal codes keep the coordinate order
-    hi, lo, iota = hi[by_coord], lo[by_coord], by_coord
-  order = jax.lax.sort((hi, lo, iota), num_keys=2, is_stable=True)[-1]
+    hi, lo, point = hi[by_coord], lo[by_coord], by_coord
+  order = jax.lax.sort((hi, lo, point), num_keys=2, is_stable=True)[-1]
   inverse = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
   return order, inverse
 

@@ -146,11 +146,12 @@ def sort_by_code(hi, lo, valid, by_coord=None):
   """
   n = hi.shape[0]
   hi = jnp.where(valid, hi, PAD_HI)
-  point = jnp.arange(n, dtype=jnp.int32)  # the point each sorted key belongs to
+  iota = jnp.arange(n, dtype=jnp.int32)
+  point = iota  # the point each sorted key belongs to
   if by_coord is not None:  # stable: equal codes keep the coordinate order
     hi, lo, point = hi[by_coord], lo[by_coord], by_coord
   order = jax.lax.sort((hi, lo, point), num_keys=2, is_stable=True)[-1]
-  inverse = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  inverse = jnp.zeros((n,), jnp.int32).at[order].set(iota)
   return order, inverse
 
 

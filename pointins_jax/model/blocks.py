@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import patch_attention as patch_attention_lib
+from pointins_jax.model import layer_norm as layer_norm_lib
 from pointins_jax.model import sparse_conv
 
 LAYER_NORM_EPS = 1e-5  # PyTorch's LayerNorm default, used by every PTv3 block
@@ -140,7 +141,7 @@ class Block(nn.Module):
     block's curve and 'valid' [B, N]. `conv_input` replaces x as the CPE conv's input (m1's
     first decoder block, §3.6). Returns [B, N, C]."""
     dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=DENSE_INIT, name=name)
-    layer_norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=name)
+    layer_norm = lambda name: layer_norm_lib.LayerNorm(LAYER_NORM_EPS, name=name)
     cpe = sparse_conv.SubMConv3d(self.channels, 3, name="cpe_conv")(
         x if conv_input is None else conv_input, stage["neighbors"])
     x = x + layer_norm("cpe_norm")(dense(self.channels, "cpe_linear")(cpe))

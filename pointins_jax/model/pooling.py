@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from pointins_jax.model import blocks
+from pointins_jax.model import layer_norm
 from pointins_jax.model import serialization
 
 BATCH_NORM_EPS = 1e-3  # Pointcept m1 BatchNorm1d(eps=1e-3, momentum=0.01)
@@ -62,7 +63,7 @@ class MaskedNorm(nn.Module):
   @nn.compact
   def __call__(self, x, valid, train: bool):
     if self.kind == "layer":
-      return nn.LayerNorm(epsilon=blocks.LAYER_NORM_EPS, name="norm")(x)
+      return layer_norm.LayerNorm(blocks.LAYER_NORM_EPS, name="norm")(x)
     if self.kind == "batch":
       return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
                           epsilon=BATCH_NORM_EPS, name="norm")(x, mask=valid[..., None])

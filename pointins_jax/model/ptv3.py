@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from pointins_jax.model import blocks
+from pointins_jax.model import layer_norm
 from pointins_jax.model import configs
 from pointins_jax.model import pooling
 from pointins_jax.model import serialization
@@ -127,7 +128,7 @@ class PointTransformerV3(nn.Module):
       x = pooling.MaskedNorm("batch", name="stem_norm")(x, valid, train)
     elif cfg.stem == "linear":
       x = nn.Dense(c0, dtype=dtype, kernel_init=blocks.DENSE_INIT, name="stem_linear")(feat)
-      x = nn.LayerNorm(epsilon=blocks.LAYER_NORM_EPS, name="stem_norm")(x)
+      x = layer_norm.LayerNorm(blocks.LAYER_NORM_EPS, name="stem_norm")(x)
     else:
       raise ValueError(f"model.stem={cfg.stem!r}; use 'linear' or 'conv'.")
     x = blocks.gelu(x).astype(jnp.float32)

@@ -1,4 +1,4 @@
-"""Sparse conv and serialization sorts against their former formulations, same process.
+"""Sparse conv, serialization sorts and LayerNorm against their former formulations.
 
   python -m benchmarks.bench_structure_ops            # demo, 20k and 80k point shapes
   python -m benchmarks.bench_structure_ops --quick    # demo shapes only
@@ -13,18 +13,26 @@ sum(out^2), forward included.
 Serialization (`model.serialization.serialize`, the four curves of a stage-0 scene with
 points sharing cells): baseline = one 5-key sort (code halves, x, y, z) per curve; ours =
 one coordinate sort per stage, then a stable 2-key sort per curve. Both give the same
-orders (checked here). Medians in ms, A and B alternated; ratio = baseline / ours (> 1:
-ours is faster).
+orders (checked here).
+
+LayerNorm (`model.layer_norm.LayerNorm`): baseline = `flax.linen.LayerNorm` with autodiff's
+backward; ours = the closed-form backward; "grad" = d/d(params, x, w) of
+sum(tanh(LN(x @ w))), forward included, at the block shapes of the protocol's stages.
+
+Medians in ms, A and B alternated in one process; ratio = baseline / ours (> 1: ours is
+faster).
 """
 from __future__ import annotations
 
 import argparse
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import interleaved_median_seconds
+from pointins_jax.model import layer_norm
 from pointins_jax.model import serialization
 from pointins_jax.model import sparse_conv
 
@@ -34,6 +42,8 @@ _CONV_SHAPES = [(4, 2048, 16, 16, 27), (4, 2048, 32, 32, 27), (4, 1024, 64, 64, 
                 (1, 20480, 16, 16, 27), (1, 20480, 64, 64, 27), (1, 80000, 16, 16, 27),
                 (1, 20480, 6, 32, 125), (1, 80000, 6, 16, 125)]
 _SORT_SHAPES = [(8, 2048), (1, 20480), (1, 80000)]
+# (B, N, C): demo stage 0, tiny stage 0 at 20k and 80k, 46M stage 0 at 20k.
+_NORM_SHAPES = [(4, 2048, 32), (1, 20224, 32), (1, 80128, 32), (1, 20224, 64)]
 
 
 def per_offset_scan_conv(features, neighbors, kernel):
@@ -102,6 +112,25 @@ def sort_rows(shapes, repeats):
   return rows
 
 
+def norm_rows(shapes, repeats):
+  rng = np.random.default_rng(2)
+  rows = []
+  for b, n, c in shapes:
+    x = jnp.asarray(rng.normal(size=(b, n, c)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(c, c)) / np.sqrt(c), jnp.float32)
+    modules = (nn.LayerNorm(epsilon=1e-5), layer_norm.LayerNorm(1e-5))
+    params = modules[0].init(jax.random.key(0), x)
+    fns = [jax.jit(jax.grad(lambda p, x, w, m=m: jnp.sum(jnp.tanh(m.apply(p, x @ w))),
+                            (0, 1, 2))) for m in modules]
+    want, got = (jax.tree.leaves(fn(params, x, w)) for fn in fns)
+    for a, g in zip(want, got):
+      np.testing.assert_allclose(g, a, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(a))))
+    times = interleaved_median_seconds([lambda fn=fn: fn(params, x, w) for fn in fns], repeats,
+                                       settle_s=0.2)
+    rows.append((f"{b} x {n} x {c}", *times))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="demo shapes only, 5 repeats")
@@ -110,6 +139,7 @@ def main():
   repeats = 5 if args.quick else args.repeats
   conv_shapes = _CONV_SHAPES[:3] if args.quick else _CONV_SHAPES
   sort_shapes = _SORT_SHAPES[:1] if args.quick else _SORT_SHAPES
+  norm_shapes = _NORM_SHAPES[:1] if args.quick else _NORM_SHAPES
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; medians of {repeats}, ms\n")
   print("| sparse conv | fwd: per-offset scan | fwd: grouped | ratio | grad: per-offset scan "
         "| grad: grouped | ratio |")
@@ -120,6 +150,10 @@ def main():
   print("\n| serialization | 5-key sort per curve | coordinate sort + 2-key sorts | ratio |")
   print("|---|---|---|---|")
   for name, t0, t1 in sort_rows(sort_shapes, repeats):
+    print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
+  print("\n| LayerNorm grad | flax, autodiff | closed-form VJP | ratio |")
+  print("|---|---|---|---|")
+  for name, t0, t1 in norm_rows(norm_shapes, repeats):
     print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
 
 

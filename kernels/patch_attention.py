@@ -30,8 +30,13 @@ _LOG2_E = math.log2(math.e)
 # Triton's `dot` needs every operand dimension >= 16.
 _MIN_BLOCK = 16
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-# Queries per `lax.map` step of the XLA path (measured best of 32..256 on the 2-core CPU).
-_XLA_QUERY_CHUNK = 128
+# The XLA path's work split (`xla_work_split`): queries per chunk, and the bytes of one loop
+# step's [G, H, C, L] logits. At [313, 1-2, 256, 16] and [20, 2-4, 1024, 16] on the 2-core
+# CPU, 4-8 MiB steps (patch groups) ran forward+backward 1.2-1.8x faster than one chunk of
+# 128 queries of every patch per step (whose 40-80 MiB blocks leave the cache), and 16 MiB
+# steps 1.2-2x slower again (benchmarks/bench_attention.py).
+_XLA_QUERY_CHUNK = 256
+_XLA_BLOCK_BYTES = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -293,80 +298,142 @@ def flash_patch_attention(q, k, v, key_valid, *, scale, block_sizes=BlockSizes()
 
 
 def _chunk_logits(q, k, key_valid, scale):
-  """f32 q [P, H, C, D] (a chunk of queries) against all keys -> masked logits [P, H, C, L]."""
+  """f32 q [G, H, C, D] (a chunk of queries) against all keys -> masked logits [G, H, C, L]."""
   logits = jnp.einsum("phqd,phkd->phqk", q, k) * scale
   return jnp.where(key_valid[:, None, None, :], logits, _MASK_VALUE)
 
 
-def _xla_forward(q_chunks, k, v, key_valid, scale):
-  """Chunked forward: (out chunks [n, P, H, C, D], logsumexp chunks [n, P, H, C])."""
-  def chunk(q):
-    logits = _chunk_logits(q, k, key_valid, scale)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    p = jnp.exp(logits - m)
-    l = jnp.sum(p, axis=-1, keepdims=True)
-    # Normalising after the second matmul divides [C, D] instead of [C, L] values.
-    return jnp.einsum("phqk,phkd->phqd", p, v) / l, (m + jnp.log(l))[..., 0]
-  return lax.map(chunk, q_chunks)
+def _chunk_forward(q, k, v, key_valid, scale):
+  """One query chunk of a patch group: (out [G, H, C, D], logsumexp [G, H, C])."""
+  logits = _chunk_logits(q, k, key_valid, scale)
+  m = jnp.max(logits, axis=-1, keepdims=True)
+  p = jnp.exp(logits - m)
+  l = jnp.sum(p, axis=-1, keepdims=True)
+  # Normalising after the second matmul divides [C, D] instead of [C, L] values.
+  return jnp.einsum("phqk,phkd->phqd", p, v) / l, (m + jnp.log(l))[..., 0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _xla_attention(q_chunks, k, v, key_valid, scale):
-  return _xla_forward(q_chunks, k, v, key_valid, scale)[0]
+def _chunk_backward(q, k, v, key_valid, o, lse, do, scale):
+  """FlashAttention-2's backward for one query chunk: (dq [G, H, C, D], dk, dv [G, H, L, D])."""
+  p = jnp.where(key_valid[:, None, None, :],
+                jnp.exp(_chunk_logits(q, k, key_valid, scale) - lse[..., None]), 0.0)
+  dv = jnp.einsum("phqk,phqd->phkd", p, do)
+  dp = jnp.einsum("phqd,phkd->phqk", do, v)
+  ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True)) * scale
+  return jnp.einsum("phqk,phkd->phqd", ds, k), jnp.einsum("phqk,phqd->phkd", ds, q), dv
 
 
-def _xla_attention_fwd(q_chunks, k, v, key_valid, scale):
-  out, lse = _xla_forward(q_chunks, k, v, key_valid, scale)
-  return out, (q_chunks, k, v, key_valid, out, lse)
+def _query_chunks(x, chunk):
+  """[G, H, Lq, ...] -> [Lq / chunk, G, H, chunk, ...] (the loop axis first)."""
+  shape = x.shape
+  x = x.reshape(shape[:2] + (shape[2] // chunk, chunk) + shape[3:])
+  return jnp.moveaxis(x, 2, 0)
 
 
-def _xla_attention_bwd(scale, residuals, d_out):
+def _merge_query_chunks(x):
+  """Inverse of `_query_chunks`."""
+  x = jnp.moveaxis(x, 0, 2)
+  return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+
+def _group_forward(q, k, v, key_valid, scale, chunk):
+  """One patch group (q [G, H, Lq, D], k/v [G, H, L, D]): (out [G, H, Lq, D], lse [G, H, Lq])."""
+  if q.shape[2] == chunk:
+    return _chunk_forward(q, k, v, key_valid, scale)
+  out, lse = lax.map(lambda qc: _chunk_forward(qc, k, v, key_valid, scale),
+                     _query_chunks(q, chunk))
+  return _merge_query_chunks(out), _merge_query_chunks(lse)
+
+
+def _group_backward(q, k, v, key_valid, o, lse, do, scale, chunk):
+  """One patch group's (dq, dk, dv); dK and dV accumulate over its query chunks."""
+  if q.shape[2] == chunk:
+    return _chunk_backward(q, k, v, key_valid, o, lse, do, scale)
+
+  def step(carry, xs):
+    dq, dk, dv = _chunk_backward(xs[0], k, v, key_valid, xs[1], xs[2], xs[3], scale)
+    return (carry[0] + dk, carry[1] + dv), dq
+
+  chunks = tuple(_query_chunks(x, chunk) for x in (q, o, lse, do))
+  (dk, dv), dq = lax.scan(step, (jnp.zeros_like(k), jnp.zeros_like(v)), chunks)
+  return _merge_query_chunks(dq), dk, dv
+
+
+def _map_groups(fn, *xs):
+  """`fn` over the leading patch-group axis; no loop for a single group."""
+  if xs[0].shape[0] == 1:
+    return jax.tree.map(lambda y: y[None], fn(*(x[0] for x in xs)))
+  return lax.map(lambda args: fn(*args), xs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _xla_attention(q, k, v, key_valid, scale, chunk):
+  return _xla_attention_fwd(q, k, v, key_valid, scale, chunk)[0]
+
+
+def _xla_attention_fwd(q, k, v, key_valid, scale, chunk):
+  """q [n, G, H, Lq, D], k/v [n, G, H, L, D], key_valid [n, G, L]: n groups of G patches."""
+  out, lse = _map_groups(lambda *a: _group_forward(*a, scale, chunk), q, k, v, key_valid)
+  return out, (q, k, v, key_valid, out, lse)
+
+
+def _xla_attention_bwd(scale, chunk, residuals, d_out):
   """FlashAttention-2's backward in XLA: per query chunk, recompute P from the saved
   logsumexp, then dV += P^T dO, dS = P (dO V^T - rowsum(dO O)), dQ = dS K, dK += dS^T Q.
   Only O and the logsumexp are kept from the forward pass, never the [C, L] probabilities
   of every chunk, and no softmax is differentiated op by op."""
-  q_chunks, k, v, key_valid, out, lse = residuals
-  mask = key_valid[:, None, None, :]
-
-  def chunk(carry, xs):
-    dk, dv = carry
-    q, do, o, chunk_lse = xs
-    p = jnp.where(mask, jnp.exp(_chunk_logits(q, k, key_valid, scale) - chunk_lse[..., None]),
-                  0.0)
-    dv = dv + jnp.einsum("phqk,phqd->phkd", p, do)
-    dp = jnp.einsum("phqd,phkd->phqk", do, v)
-    ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True)) * scale
-    dk = dk + jnp.einsum("phqk,phqd->phkd", ds, q)
-    return (dk, dv), jnp.einsum("phqk,phkd->phqd", ds, k)
-
-  zeros = jnp.zeros_like(k)
-  (dk, dv), dq = lax.scan(chunk, (zeros, zeros), (q_chunks, d_out, out, lse))
+  q, k, v, key_valid, out, lse = residuals
+  dq, dk, dv = _map_groups(lambda *a: _group_backward(*a, scale, chunk),
+                           q, k, v, key_valid, out, lse, d_out)
   return dq, dk, dv, None
 
 
 _xla_attention.defvjp(_xla_attention_fwd, _xla_attention_bwd)
 
 
+def xla_work_split(num_patches: int, num_heads: int, patch_len: int) -> tuple[int, int]:
+  """(patches per loop step G, queries per chunk C) of the XLA path.
+
+  One step's [G, H, C, L] logit block is about `_XLA_BLOCK_BYTES` (so it and its
+  probabilities stay in cache); the G are balanced so that padding the patch axis to a
+  multiple of G adds fewer patches than there are steps.
+  """
+  chunk = min(_XLA_QUERY_CHUNK, patch_len)
+  block = num_heads * chunk * patch_len * 4
+  most = max(1, min(num_patches, _XLA_BLOCK_BYTES // block))
+  steps = -(-num_patches // most)
+  return -(-num_patches // steps), chunk
+
+
 def patch_attention_xla(q, k, v, key_valid, scale):
   """Fastest exact XLA formulation (the CPU path); same contract as the reference.
 
-  Queries run in chunks of `_XLA_QUERY_CHUNK` under `lax.map` so each [P, H, chunk, L]
-  logit block stays cache-resident, and reverse mode is FlashAttention-2's backward
-  (`_xla_attention_bwd`) rather than autodiff of the softmax (benchmarks/bench_attention).
+  A loop over groups of G patches, each attending in chunks of C queries, so that every
+  step's [G, H, C, L] logits stay cache-resident (`xla_work_split`); reverse mode is
+  FlashAttention-2's backward (`_xla_attention_bwd`) rather than autodiff of the softmax.
+  Looping over whole patches rather than over query chunks of every patch at once also
+  means a patch's dK and dV are summed inside its own step (benchmarks/bench_attention).
   """
   num_patches, num_heads, patch_len, head_dim = q.shape
   dtype = q.dtype
-  chunk = min(_XLA_QUERY_CHUNK, patch_len)
-  num_chunks = -(-patch_len // chunk)
-  # Dummy queries fill a ragged last chunk and are sliced off.
-  q = jnp.pad(q.astype(jnp.float32), ((0, 0), (0, 0), (0, num_chunks * chunk - patch_len), (0, 0)))
-  q_chunks = jnp.moveaxis(q.reshape(num_patches, num_heads, num_chunks, chunk, head_dim), 2, 0)
-  k, v = k.astype(jnp.float32), v.astype(jnp.float32)
-  out = _xla_attention(q_chunks, k, v, key_valid, float(scale))
-  out = jnp.moveaxis(out, 0, 2).reshape(num_patches, num_heads, num_chunks * chunk, head_dim)
+  group, chunk = xla_work_split(num_patches, num_heads, patch_len)
+  num_groups = -(-num_patches // group)
+  query_len = -(-patch_len // chunk) * chunk  # dummy queries fill a ragged last chunk
+  patch_pad = num_groups * group - num_patches  # dummy patches (no valid key) fill the last group
+
+  def grouped(x, length_pad=0):  # [P, H, L, D] or key_valid [P, L] -> [n, G, ...]
+    if x.ndim == 4:
+      x = jnp.pad(x.astype(jnp.float32), ((0, patch_pad), (0, 0), (0, length_pad), (0, 0)))
+    else:
+      x = jnp.pad(x, ((0, patch_pad), (0, 0)))
+    return x.reshape((num_groups, group) + x.shape[1:])
+
+  out = _xla_attention(grouped(q, query_len - patch_len), grouped(k), grouped(v),
+                       grouped(key_valid), float(scale), chunk)
+  out = out.reshape((num_groups * group,) + out.shape[2:])[:num_patches, :, :patch_len]
   # A fully padded patch softmaxes uniformly over its mask values; its output is defined as 0.
   has_key = jnp.any(key_valid, axis=-1)[:, None, None, None]
-  return jnp.where(has_key, out[:, :, :patch_len], 0.0).astype(dtype)
+  return jnp.where(has_key, out, 0.0).astype(dtype)
 
 
 def _check_inputs(q, k, v, key_valid, scale):

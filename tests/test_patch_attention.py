@@ -110,8 +110,14 @@ def test_padding_gets_no_weight_and_no_gradient(impl):
   np.testing.assert_array_equal(np.asarray(dv[1][:, padded]), 0.0)
 
 
-def test_xla_path_with_ragged_query_chunk():
-  # 200 queries = one full 128-query chunk plus a ragged one.
+@pytest.mark.parametrize("block_bytes", [8 << 20, 2 * 2 * 128 * 200 * 4])
+def test_xla_path_with_ragged_query_chunk_and_patch_groups(monkeypatch, block_bytes):
+  # 200 queries = one full 128-query chunk plus a ragged one (dK/dV summed over both).
+  # The small block budget makes groups of 2 patches: 2 loop steps, one dummy patch.
+  monkeypatch.setattr(pa, "_XLA_QUERY_CHUNK", 128)
+  monkeypatch.setattr(pa, "_XLA_BLOCK_BYTES", block_bytes)
+  expected_groups = 3 if block_bytes == 8 << 20 else 2
+  assert pa.xla_work_split(3, _HEADS, 200) == (expected_groups, 128)
   q, k, v, key_valid = _inputs(200, jnp.float32, seed=3)
   xla = _impl("xla")
   _assert_close(xla(q, k, v, key_valid), pa.patch_attention_reference(q, k, v, key_valid),
@@ -119,6 +125,18 @@ def test_xla_path_with_ragged_query_chunk():
   for grad, expected in zip(_grads(xla, q, k, v, key_valid),
                             _grads(pa.patch_attention_reference, q, k, v, key_valid)):
     _assert_close(grad, expected, _GRAD_TOL[jnp.float32])
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((313, 1, 256), (32, 256)),   # 8 MiB / (1 * 256 * 256 * 4 B) = 32 patches per step
+    ((313, 2, 256), (16, 256)),
+    ((33, 2, 256), (11, 256)),    # at most 16 per step -> 3 steps, balanced: 11 each, no dummy
+    ((20, 4, 1024), (2, 256)),    # 4 * 256 * 1024 * 4 B = 4 MiB per patch
+    ((20, 16, 1024), (1, 256)),   # a patch's chunk alone is over the budget
+    ((1, 2, 64), (1, 64)),        # short patches: one chunk of the whole patch
+])
+def test_xla_work_split(shape, expected):
+  assert pa.xla_work_split(*shape) == expected
 
 
 def test_custom_scale_and_default_blocks():

@@ -1,4 +1,4 @@
-"""Sparse conv, serialization sorts and LayerNorm against their former formulations.
+"""Sparse conv, serialization sorts, LayerNorm and BatchNorm against their former formulations.
 
   python -m benchmarks.bench_structure_ops            # demo, 20k and 80k point shapes
   python -m benchmarks.bench_structure_ops --quick    # demo shapes only
@@ -19,6 +19,10 @@ LayerNorm (`model.layer_norm.LayerNorm`): baseline = `flax.linen.LayerNorm` with
 backward; ours = the closed-form backward; "grad" = d/d(params, x, w) of
 sum(tanh(LN(x @ w))), forward included, at the block shapes of the protocol's stages.
 
+BatchNorm (`model.batch_norm.BatchNorm`, m1's stem and (un)pooling norms, training mode,
+statistics over the 90% of rows that are real points): baseline = `flax.linen.BatchNorm`
+with `mask=` and autodiff's backward; ours = the closed-form backward; same "grad".
+
 Medians in ms, A and B alternated in one process; ratio = baseline / ours (> 1: ours is
 faster).
 """
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import interleaved_median_seconds
+from pointins_jax.model import batch_norm
 from pointins_jax.model import layer_norm
 from pointins_jax.model import serialization
 from pointins_jax.model import sparse_conv
@@ -112,16 +117,30 @@ def sort_rows(shapes, repeats):
   return rows
 
 
-def norm_rows(shapes, repeats):
+def _flax_masked_batch_norm():
+  return nn.BatchNorm(use_running_average=False, momentum=0.99, epsilon=1e-3)
+
+
+def norm_rows(shapes, repeats, kind="layer"):
+  """Gradient timings of flax's norm vs ours ('layer' or 'batch'), equality checked first."""
   rng = np.random.default_rng(2)
   rows = []
   for b, n, c in shapes:
     x = jnp.asarray(rng.normal(size=(b, n, c)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(c, c)) / np.sqrt(c), jnp.float32)
-    modules = (nn.LayerNorm(epsilon=1e-5), layer_norm.LayerNorm(1e-5))
-    params = modules[0].init(jax.random.key(0), x)
-    fns = [jax.jit(jax.grad(lambda p, x, w, m=m: jnp.sum(jnp.tanh(m.apply(p, x @ w))),
-                            (0, 1, 2))) for m in modules]
+    if kind == "layer":
+      modules = (nn.LayerNorm(epsilon=1e-5), layer_norm.LayerNorm(1e-5))
+      calls = [lambda m, p, y: m.apply(p, y)] * 2
+      params = modules[0].init(jax.random.key(0), x)
+    else:
+      mask = jnp.asarray(rng.random((b, n)) < 0.9)
+      modules = (_flax_masked_batch_norm(), batch_norm.BatchNorm(0.99, 1e-3))
+      calls = [lambda m, p, y: m.apply(p, y, mask=mask[..., None], mutable=["batch_stats"])[0],
+               lambda m, p, y: m.apply(p, y, mask, use_running_average=False,
+                                       mutable=["batch_stats"])[0]]
+      params = modules[0].init(jax.random.key(0), x, mask=mask[..., None])
+    fns = [jax.jit(jax.grad(lambda p, x, w, m=m, call=call: jnp.sum(jnp.tanh(call(m, p, x @ w))),
+                            (0, 1, 2))) for m, call in zip(modules, calls)]
     want, got = (jax.tree.leaves(fn(params, x, w)) for fn in fns)
     for a, g in zip(want, got):
       np.testing.assert_allclose(g, a, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(a))))
@@ -154,6 +173,10 @@ def main():
   print("\n| LayerNorm grad | flax, autodiff | closed-form VJP | ratio |")
   print("|---|---|---|---|")
   for name, t0, t1 in norm_rows(norm_shapes, repeats):
+    print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
+  print("\n| BatchNorm grad (masked) | flax, autodiff | closed-form VJP | ratio |")
+  print("|---|---|---|---|")
+  for name, t0, t1 in norm_rows(norm_shapes, repeats, kind="batch"):
     print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pointins_jax.model import batch_norm
 from pointins_jax.model import blocks
 from pointins_jax.model import layer_norm
 from pointins_jax.model import serialization
@@ -65,8 +66,8 @@ class MaskedNorm(nn.Module):
     if self.kind == "layer":
       return layer_norm.LayerNorm(blocks.LAYER_NORM_EPS, name="norm")(x)
     if self.kind == "batch":
-      return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-                          epsilon=BATCH_NORM_EPS, name="norm")(x, mask=valid[..., None])
+      return batch_norm.BatchNorm(BATCH_NORM_MOMENTUM, BATCH_NORM_EPS, name="norm")(
+          x, valid, use_running_average=not train)
     raise ValueError(f"model.norm={self.kind!r}; use 'layer' or 'batch'.")
 
 

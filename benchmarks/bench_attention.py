@@ -3,12 +3,18 @@
   python -m benchmarks.bench_attention                 # production-like sizes
   python -m benchmarks.bench_attention --quick         # fewer, smaller sizes (< 1 min)
   python -m benchmarks.bench_attention --sweep-blocks  # GPU: also time Pallas block sizes
+  python -m benchmarks.bench_attention --sweep-split   # CPU: the XLA path's work split
 
 Shapes are [P patches, H heads, L = 1024, D = 16] (PTv3 patch attention). Random inputs with
 ~10% padded keys per patch. Model FLOPs: forward 4*P*H*L*L*D (two matmuls); forward+backward
 3x that (backward: dV, dP, dQ, dK; recomputation not counted). "% mm" divides achieved
 GFLOP/s by a plain jnp matmul's GFLOP/s in the same dtype, measured in this process.
 Pallas runs only on a GPU (interpret mode is a correctness tool, not a speed path).
+
+`--sweep-split` times the XLA path's loop (`patch_attention.xla_work_split`) at the
+protocol's stage-0 shapes, forward+backward, interleaved: "every patch, 128 queries" is
+the split used before 2026-12-05 (one loop step = 128 queries of all patches at once),
+the others loop over groups of patches with blocks of about the given size.
 """
 from __future__ import annotations
 
@@ -16,9 +22,11 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels import dispatch
 from kernels import patch_attention as pa
+from benchmarks.timing import interleaved_median_seconds
 from benchmarks.timing import median_seconds
 
 _PATCH_LEN, _HEAD_DIM = 1024, 16
@@ -61,6 +69,40 @@ def time_attention(attention, inputs, repeats):
           median_seconds(lambda: grads(q, k, v), repeats))
 
 
+# [P, H, L] of the protocol's attention at stage 0: tiny at 80k (encoder and decoder) and
+# the 46M model at 20k (encoder and decoder); D = 16.
+_SPLIT_SHAPES = [(313, 1, 256), (313, 2, 256), (20, 2, 1024), (20, 4, 1024)]
+# (label, block bytes, query chunk); None bytes = every patch in one step.
+_SPLITS = [("every patch, 128 queries (before)", None, 128), ("2 MiB", 2 << 20, 256),
+           ("8 MiB (default)", 8 << 20, 256), ("32 MiB", 32 << 20, 256)]
+
+
+def split_rows(repeats):
+  """(shape label, [fwd+bwd seconds per `_SPLITS` entry]) with equal gradients checked."""
+  rows = []
+  saved = pa._XLA_BLOCK_BYTES, pa._XLA_QUERY_CHUNK  # pylint: disable=protected-access
+  for num_patches, num_heads, patch_len in _SPLIT_SHAPES:
+    keys = jax.random.split(jax.random.key(2), 4)
+    shape = (num_patches, num_heads, patch_len, _HEAD_DIM)
+    q, k, v = (jax.random.normal(key, shape) for key in keys[:3])
+    key_valid = jax.random.uniform(keys[3], (num_patches, patch_len)) < 0.9
+    fns, grads = [], []
+    for _, block_bytes, chunk in _SPLITS:
+      pa._XLA_BLOCK_BYTES = block_bytes or (1 << 62)  # pylint: disable=protected-access
+      pa._XLA_QUERY_CHUNK = chunk  # pylint: disable=protected-access
+      fn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(pa.patch_attention_xla(
+          q, k, v, key_valid, _HEAD_DIM**-0.5))), argnums=(0, 1, 2)))
+      grads.append(fn(q, k, v))  # traced now, under this split
+      fns.append(lambda fn=fn: fn(q, k, v))
+    pa._XLA_BLOCK_BYTES, pa._XLA_QUERY_CHUNK = saved  # pylint: disable=protected-access
+    for got in grads[1:]:
+      for a, b in zip(got, grads[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    rows.append((f"{num_patches} x {num_heads} x {patch_len}",
+                 interleaved_median_seconds(fns, repeats, settle_s=0.2)))
+  return rows
+
+
 def impls():
   named = {name: (lambda q, k, v, m, name=name: pa.patch_attention(q, k, v, m, impl=name))
            for name in ("reference", "xla")}
@@ -73,11 +115,21 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer, smaller sizes; 3 repeats")
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--sweep-split", action="store_true",
+                      help="CPU: time the XLA path's work splits at the protocol's shapes")
   parser.add_argument("--sweep-blocks", action="store_true",
                       help="GPU only: time Pallas BlockSizes candidates at the largest size")
   args = parser.parse_args()
   gpu = dispatch.on_gpu()
   repeats = 3 if args.quick else args.repeats
+  if args.sweep_split:
+    print(f"XLA path, forward+backward ms, medians of {repeats}, interleaved")
+    print("| P x H x L | " + " | ".join(label for label, _, _ in _SPLITS) + " | before / default |")
+    print("|---|" + "---|" * (len(_SPLITS) + 1))
+    for label, seconds in split_rows(repeats):
+      print(f"| {label} | " + " | ".join(f"{t * 1e3:.1f}" for t in seconds)
+            + f" | {seconds[0] / seconds[2]:.2f}x |", flush=True)
+    return
   dtypes = (jnp.float32, jnp.bfloat16) if gpu else (jnp.float32,)
   peak = {dtype: matmul_gflops(dtype, repeats) for dtype in dtypes}
 

@@ -417,6 +417,11 @@ def patch_attention_xla(q, k, v, key_valid, scale):
   num_patches, num_heads, patch_len, head_dim = q.shape
   dtype = q.dtype
   group, chunk = xla_work_split(num_patches, num_heads, patch_len)
+  if jax.device_count() > 1:
+    # The patch axis is sharded over the devices in data-parallel steps; a loop over
+    # groups of it would make GSPMD gather every patch to every device. One group keeps
+    # each loop step (a chunk of queries of every patch) sharded.
+    group = num_patches
   num_groups = -(-num_patches // group)
   query_len = -(-patch_len // chunk) * chunk  # dummy queries fill a ragged last chunk
   patch_pad = num_groups * group - num_patches  # dummy patches (no valid key) fill the last group

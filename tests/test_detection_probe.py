@@ -97,6 +97,7 @@ def _changed(before, after, part):
           for path in flat_b if of(path) == part}
 
 
+@pytest.mark.slow  # 140 s on the 2-core CI machine: two probe trainings
 def test_encoder_frozen_only_in_decoder_mode():
   """One gradient (one compile), then each mode's optimizer (the step's own) applied."""
   config, _ = probe_loop.resolve_model(_config("decoder_detection"))

@@ -75,7 +75,9 @@ def main():
   steps = {}
   for side in ("A", "B"):
     put_back = swap_in(args.base_tree, args.swap) if side == "A" else (lambda: None)
-    patch_attention.patch_attention.clear_cache()  # jitted: would keep the other side's trace
+    # patch_attention is jitted and would keep the other side's trace; not
+    # jax.clear_caches(), which would also drop A's compiled step and retrace it as B.
+    patch_attention.patch_attention.clear_cache()
     step, _ = bench_model.build_workload(args.workload, "fitted")
     start = time.perf_counter()
     jax.block_until_ready(step(0))

@@ -60,8 +60,9 @@ def _masked_batch_norm_bwd(epsilon, residuals, cotangents):
   g = dy * scale
   sum_g = jnp.sum(g, axis=rows)
   sum_g_xhat = jnp.sum(g * normalized, axis=rows)
-  dx = rstd * (g - weight / count * (sum_g + normalized * sum_g_xhat))
-  dx += weight / count * (dmean + 2.0 * normalized / rstd * dvar)
+  share = weight / count  # each masked-in row's share of the statistics
+  dx = rstd * (g - share * (sum_g + normalized * sum_g_xhat))
+  dx += share * (dmean + 2.0 * normalized / rstd * dvar)
   return dx, None, jnp.sum(dy * normalized, axis=rows), jnp.sum(dy, axis=rows)
 
 

@@ -298,9 +298,10 @@ def flash_patch_attention(q, k, v, key_valid, *, scale, block_sizes=BlockSizes()
 
 
 def _chunk_logits(q, k, key_valid, scale):
-  """f32 q [G, H, C, D] (a chunk of queries) against all keys -> masked logits [G, H, C, L]."""
+  """f32 q [G, H, C, D] (a chunk of queries) against all keys, key_valid [G, H, L] ->
+  masked logits [G, H, C, L]."""
   logits = jnp.einsum("phqd,phkd->phqk", q, k) * scale
-  return jnp.where(key_valid[:, None, None, :], logits, _MASK_VALUE)
+  return jnp.where(key_valid[:, :, None, :], logits, _MASK_VALUE)
 
 
 def _chunk_forward(q, k, v, key_valid, scale):
@@ -314,13 +315,23 @@ def _chunk_forward(q, k, v, key_valid, scale):
 
 
 def _chunk_backward(q, k, v, key_valid, o, lse, do, scale):
-  """FlashAttention-2's backward for one query chunk: (dq [G, H, C, D], dk, dv [G, H, L, D])."""
-  p = jnp.where(key_valid[:, None, None, :],
-                jnp.exp(_chunk_logits(q, k, key_valid, scale) - lse[..., None]), 0.0)
-  dv = jnp.einsum("phqk,phqd->phkd", p, do)
-  dp = jnp.einsum("phqd,phkd->phqk", do, v)
-  ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True)) * scale
-  return jnp.einsum("phqk,phkd->phqd", ds, k), jnp.einsum("phqk,phqd->phkd", ds, q), dv
+  """FlashAttention-2's backward for one query chunk: (dq [G, H, C, D], dk, dv [G, H, L, D]).
+
+  Key-major: P^T and dS^T are built as [G, H, L, C], so dV = P^T dO and dK = dS^T Q
+  contract their operands' minor axes. XLA:CPU runs a matmul that contracts the major axis
+  of its left operand (P's query axis) outside its fast dot library, and the two of them
+  were half of the attention backward; key-major, the backward of one chunk ran 1.2-1.4x
+  faster at [16-2, 2-4, 256, 256-1024, 16] (docs/performance.md). dQ^T = K^T dS^T
+  (contracting the key axis of both) is then the one transposed product left.
+  """
+  valid = key_valid[..., None]  # [G, H, L, 1]
+  p_t = jnp.where(valid, jnp.exp(jnp.einsum("phkd,phqd->phkq", k, q) * scale
+                                 - lse[:, :, None, :]), 0.0)
+  dv = jnp.einsum("phkq,phqd->phkd", p_t, do)
+  dp_t = jnp.einsum("phkd,phqd->phkq", v, do)
+  ds_t = p_t * (dp_t - jnp.sum(do * o, axis=-1)[:, :, None, :]) * scale
+  dq = jnp.swapaxes(jnp.einsum("phkd,phkq->phdq", k, ds_t), 2, 3)
+  return dq, jnp.einsum("phkq,phqd->phkd", ds_t, q), dv
 
 
 def _query_chunks(x, chunk):
@@ -372,7 +383,7 @@ def _xla_attention(q, k, v, key_valid, scale, chunk):
 
 
 def _xla_attention_fwd(q, k, v, key_valid, scale, chunk):
-  """q [n, G, H, Lq, D], k/v [n, G, H, L, D], key_valid [n, G, L]: n groups of G patches."""
+  """q [n, G, H, Lq, D], k/v [n, G, H, L, D], key_valid [n, G, H, L]: n groups of G patches."""
   out, lse = _map_groups(lambda *a: _group_forward(*a, scale, chunk), q, k, v, key_valid)
   return out, (q, k, v, key_valid, out, lse)
 
@@ -422,20 +433,24 @@ def patch_attention_xla(q, k, v, key_valid, scale):
     # groups of it would make GSPMD gather every patch to every device. One group keeps
     # each loop step (a chunk of queries of every patch) sharded.
     group = num_patches
+  # With one head XLA drops the degenerate head axis, and the backward's matmuls then ran
+  # about 3x slower ([32, 1, 256, 256, 16]: 28 ms, as [16, 2, ...]: 9 ms). Patches are
+  # independent, so single-head attention runs pairs of patches as the two heads of one.
+  fold = 2 if num_heads == 1 and group > 1 else 1
+  group = -(-group // fold) * fold
   num_groups = -(-num_patches // group)
   query_len = -(-patch_len // chunk) * chunk  # dummy queries fill a ragged last chunk
   patch_pad = num_groups * group - num_patches  # dummy patches (no valid key) fill the last group
+  head_valid = jnp.broadcast_to(key_valid[:, None, :], (num_patches, num_heads, patch_len))
 
-  def grouped(x, length_pad=0):  # [P, H, L, D] or key_valid [P, L] -> [n, G, ...]
-    if x.ndim == 4:
-      x = jnp.pad(x.astype(jnp.float32), ((0, patch_pad), (0, 0), (0, length_pad), (0, 0)))
-    else:
-      x = jnp.pad(x, ((0, patch_pad), (0, 0)))
-    return x.reshape((num_groups, group) + x.shape[1:])
+  def grouped(x, length_pad=0):  # [P, H, L, ...] -> [n, G / fold, H * fold, L (+ pad), ...]
+    pad = ((0, patch_pad), (0, 0), (0, length_pad)) + ((0, 0),) * (x.ndim - 3)
+    x = jnp.pad(x.astype(jnp.float32) if x.ndim == 4 else x, pad)
+    return x.reshape((num_groups, group // fold, num_heads * fold) + x.shape[2:])
 
   out = _xla_attention(grouped(q, query_len - patch_len), grouped(k), grouped(v),
-                       grouped(key_valid), float(scale), chunk)
-  out = out.reshape((num_groups * group,) + out.shape[2:])[:num_patches, :, :patch_len]
+                       grouped(head_valid), float(scale), chunk)
+  out = out.reshape((num_groups * group, num_heads) + out.shape[3:])[:num_patches, :, :patch_len]
   # A fully padded patch softmaxes uniformly over its mask values; its output is defined as 0.
   has_key = jnp.any(key_valid, axis=-1)[:, None, None, None]
   return jnp.where(has_key, out, 0.0).astype(dtype)

@@ -18,10 +18,10 @@ _TOL = {jnp.float32: dict(atol=1e-5, rtol=1e-5), jnp.bfloat16: dict(atol=2e-2, r
 _GRAD_TOL = {jnp.float32: dict(atol=1e-5, rtol=1e-4), jnp.bfloat16: dict(atol=6e-2, rtol=6e-2)}
 
 
-def _inputs(patch_len, dtype, seed=0):
+def _inputs(patch_len, dtype, seed=0, heads=_HEADS):
   """q, k, v [3, H, L, D] and key_valid: patch 0 full, patch 1 partly, patch 2 all padding."""
   keys = jax.random.split(jax.random.key(seed), 3)
-  q, k, v = (jax.random.normal(key, (3, _HEADS, patch_len, _DIM)).astype(dtype) for key in keys)
+  q, k, v = (jax.random.normal(key, (3, heads, patch_len, _DIM)).astype(dtype) for key in keys)
   num_valid = np.array([patch_len, patch_len * 2 // 3, 0])
   key_valid = jnp.asarray(np.arange(patch_len)[None, :] < num_valid[:, None])
   return q, k, v, key_valid
@@ -116,9 +116,30 @@ def test_xla_path_with_ragged_query_chunk_and_patch_groups(monkeypatch, block_by
   # The small block budget makes groups of 2 patches: 2 loop steps, one dummy patch.
   monkeypatch.setattr(pa, "_XLA_QUERY_CHUNK", 128)
   monkeypatch.setattr(pa, "_XLA_BLOCK_BYTES", block_bytes)
+  pa.patch_attention.clear_cache()  # the split is read at trace time; same shapes as before
   expected_groups = 3 if block_bytes == 8 << 20 else 2
   assert pa.xla_work_split(3, _HEADS, 200) == (expected_groups, 128)
   q, k, v, key_valid = _inputs(200, jnp.float32, seed=3)
+  xla = _impl("xla")
+  _assert_close(xla(q, k, v, key_valid), pa.patch_attention_reference(q, k, v, key_valid),
+                _TOL[jnp.float32])
+  for grad, expected in zip(_grads(xla, q, k, v, key_valid),
+                            _grads(pa.patch_attention_reference, q, k, v, key_valid)):
+    _assert_close(grad, expected, _GRAD_TOL[jnp.float32])
+
+
+@pytest.mark.parametrize("block_bytes, group", [(1 * 128 * 200 * 4, 1),
+                                                (2 * 128 * 200 * 4, 2),
+                                                (3 * 128 * 200 * 4, 3)])
+def test_xla_path_single_head_runs_patch_pairs_as_heads(monkeypatch, block_bytes, group):
+  # One head: pairs of patches become the two heads of one (an odd group gains a dummy
+  # patch; a group of one stays as it is). Patches 1 and 2 differ in their key masks, so a
+  # pair that mixed up masks or outputs would not match the reference.
+  monkeypatch.setattr(pa, "_XLA_QUERY_CHUNK", 128)
+  monkeypatch.setattr(pa, "_XLA_BLOCK_BYTES", block_bytes)
+  pa.patch_attention.clear_cache()  # the split is read at trace time; same shapes as before
+  assert pa.xla_work_split(3, 1, 200) == (group, 128)
+  q, k, v, key_valid = _inputs(200, jnp.float32, seed=5, heads=1)
   xla = _impl("xla")
   _assert_close(xla(q, k, v, key_valid), pa.patch_attention_reference(q, k, v, key_valid),
                 _TOL[jnp.float32])

@@ -39,6 +39,60 @@ def test_neighbor_table_matches_brute_force(kernel_size, largest):
   np.testing.assert_array_equal(np.asarray(table), _brute_neighbors(g, valid, kernel_size))
 
 
+def _batch_with_shared_cells(rng, box, largest=False):
+  """Two scenes of 200 cells of a box (3 sides) plus 60 repeated cells each, 10% padding:
+  grid [2, 260, 3]."""
+  grids, coords, valids = [], [], []
+  for _ in range(2):
+    flat = rng.choice(np.prod(box), 200, replace=False)
+    g = np.stack(np.unravel_index(flat, box), -1).astype(np.int32)
+    if largest:
+      g += (1 << 16) - np.array(box)
+    g = np.concatenate([g, g[rng.integers(0, 200, 60)]])
+    grids.append(g)
+    coords.append((g + rng.random(g.shape)).astype(np.float32))
+    valids.append(rng.random(len(g)) < 0.9)
+  return np.stack(grids), np.stack(coords), np.stack(valids)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("dense_budget", [sparse_conv.DENSE_CELLS_PER_POINT, 0])
+def test_batched_tables_equal_the_search(monkeypatch, kernel_size, largest, dense_budget):
+  # The dense box (at most 9 x 14 x 11 cells <= 64 * 260) and, with no budget, the
+  # sorted-cell search give each scene's neighbor_table, shared cells and the 2^16 border
+  # included; unequal sides catch a mixed-up box index.
+  monkeypatch.setattr(sparse_conv, "DENSE_CELLS_PER_POINT", dense_budget)
+  grid, coord, valid = _batch_with_shared_cells(np.random.default_rng(kernel_size),
+                                                (9, 14, 11), largest)
+  size = sparse_conv.DENSE_CELLS_PER_POINT * grid.shape[1]
+  fits = [bool(sparse_conv._fits_dense_box(jnp.asarray(g), jnp.asarray(v), size))
+          for g, v in zip(grid, valid)]
+  assert fits == [dense_budget > 0] * 2
+  tables = jax.jit(sparse_conv.neighbor_tables, static_argnums=3)(
+      jnp.asarray(grid), jnp.asarray(valid), jnp.asarray(coord), kernel_size)
+  for b in range(2):
+    expected = sparse_conv.neighbor_table(jnp.asarray(grid[b]), jnp.asarray(valid[b]),
+                                          jnp.asarray(coord[b]), kernel_size)
+    np.testing.assert_array_equal(np.asarray(tables[b]), np.asarray(expected))
+
+
+def test_dense_box_covers_exactly_the_occupied_cells():
+  g = np.array([[5, 7, 9], [6, 7, 9], [5, 9, 12], [60000, 0, 0]], np.int32)
+  valid = np.array([True, True, True, False])
+  origin, extent = sparse_conv._occupied_box(jnp.asarray(g), jnp.asarray(valid))
+  np.testing.assert_array_equal(np.asarray(origin), [5, 7, 9])
+  np.testing.assert_array_equal(np.asarray(extent), [2, 3, 4])  # 24 cells
+  fits = lambda size: bool(sparse_conv._fits_dense_box(jnp.asarray(g), jnp.asarray(valid), size))
+  assert fits(24) and not fits(23)
+  # A batch whose second scene spans the whole 2^16 range takes the search for both.
+  grid = np.stack([g, np.array([[0, 0, 0], [65535, 65535, 65535], [1, 1, 1], [2, 2, 2]])])
+  tables = sparse_conv.neighbor_tables(jnp.asarray(grid), jnp.ones((2, 4), bool),
+                                       jnp.asarray(grid, jnp.float32), 3)
+  assert int(tables[1, 2, 13]) == 2 and int(tables[1, 2, 26]) == 3  # (1,1,1) -> (2,2,2)
+  assert int(tables[0, 0, 22]) == 1  # (5,7,9) + (1,0,0)
+
+
 def test_kernel_offsets_are_spconv_order():
   offsets = sparse_conv.kernel_offsets(3)
   assert offsets.shape == (27, 3)

@@ -37,8 +37,7 @@ def _stage_structure(grid, valid, coord, orders, depth_mode, unique_cells=False)
     by_coord = jnp.broadcast_to(jnp.arange(valid.shape[1], dtype=jnp.int32), valid.shape)
   else:
     by_coord = jax.vmap(serialization.coordinate_order)(coord)
-  neighbors = jax.vmap(lambda g, v, c, p: sparse_conv.neighbor_table(g, v, c, _CPE_KERNEL, p))(
-      grid, valid, coord, by_coord)
+  neighbors = sparse_conv.neighbor_tables(grid, valid, coord, _CPE_KERNEL, by_coord)
   if depth_mode == "batch":  # Pointcept: one depth over the whole batch, every stage
     depth = serialization.batch_depth(grid, valid)
   elif depth_mode == "scene":
@@ -120,9 +119,8 @@ class PointTransformerV3(nn.Module):
     stage = shuffled(_stage_structure(grid, valid, coord, orders, depth_mode))
     c0 = cfg.enc_channels[0]
     if cfg.stem == "conv":
-      stem_neighbors = jax.vmap(
-          lambda g, v, c, p: sparse_conv.neighbor_table(g, v, c, _STEM_KERNEL, p))(
-              grid, valid, coord, stage["by_coord"])
+      stem_neighbors = sparse_conv.neighbor_tables(grid, valid, coord, _STEM_KERNEL,
+                                                   stage["by_coord"])
       x = sparse_conv.SubMConv3d(c0, _STEM_KERNEL, use_bias=False, name="stem_conv")(
           feat, stem_neighbors)
       x = pooling.MaskedNorm("batch", name="stem_norm")(x, valid, train)

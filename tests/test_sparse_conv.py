@@ -58,19 +58,19 @@ def _batch_with_shared_cells(rng, box, largest=False):
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("largest", [False, True])
 @pytest.mark.parametrize("dense_budget", [sparse_conv.DENSE_CELLS_PER_POINT, 0])
-def test_batched_tables_equal_the_search(monkeypatch, kernel_size, largest, dense_budget):
+def test_batched_tables_equal_the_search(kernel_size, largest, dense_budget):
   # The dense box (at most 9 x 14 x 11 cells <= 64 * 260) and, with no budget, the
   # sorted-cell search give each scene's neighbor_table, shared cells and the 2^16 border
   # included; unequal sides catch a mixed-up box index.
-  monkeypatch.setattr(sparse_conv, "DENSE_CELLS_PER_POINT", dense_budget)
   grid, coord, valid = _batch_with_shared_cells(np.random.default_rng(kernel_size),
                                                 (9, 14, 11), largest)
-  size = sparse_conv.DENSE_CELLS_PER_POINT * grid.shape[1]
+  size = max(1, dense_budget * grid.shape[1])
   fits = [bool(sparse_conv._fits_dense_box(jnp.asarray(g), jnp.asarray(v), size))
           for g, v in zip(grid, valid)]
   assert fits == [dense_budget > 0] * 2
-  tables = jax.jit(sparse_conv.neighbor_tables, static_argnums=3)(
-      jnp.asarray(grid), jnp.asarray(valid), jnp.asarray(coord), kernel_size)
+  tables = jax.jit(sparse_conv.neighbor_tables, static_argnums=(3, 5))(
+      jnp.asarray(grid), jnp.asarray(valid), jnp.asarray(coord), kernel_size, None,
+      dense_budget)
   for b in range(2):
     expected = sparse_conv.neighbor_table(jnp.asarray(grid[b]), jnp.asarray(valid[b]),
                                           jnp.asarray(coord[b]), kernel_size)
@@ -208,3 +208,28 @@ def test_offsets_per_step_is_a_divisor_within_the_budget():
   assert sparse_conv.offsets_per_step(10 ** 6, 27, 64) == 1  # large blocks: one offset
   assert sparse_conv.offsets_per_step(10 ** 6, 27, 64, backward=True) == 3
   assert sparse_conv.offsets_per_step(10 ** 6, 125, 6) == 5  # GEMM depth >= 16
+
+
+def test_batched_conv_equals_each_scene_alone():
+  # One device: the scenes run as one of B*N rows; each scene's neighbours must stay its own.
+  rng = np.random.default_rng(11)
+  b, n, k3, c_in, c_out = 3, 50, 27, 4, 5
+  feat = jnp.asarray(rng.normal(size=(b, n, c_in)), jnp.float32)
+  neighbors = jnp.asarray(np.where(rng.random((b, n, k3)) < 0.4,
+                                   rng.integers(0, n, (b, n, k3)), -1), jnp.int32)
+  kernel = jnp.asarray(rng.normal(size=(k3, c_in, c_out)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(b, n, c_out)), jnp.float32)
+
+  def loss(conv, f, k):
+    return jnp.sum(weights * conv(f, neighbors, k))
+
+  def per_scene(f, nb, k):
+    return jnp.stack([sparse_conv.sparse_conv(f[i], nb[i], k) for i in range(b)])
+
+  out = sparse_conv.batched_sparse_conv(feat, neighbors, kernel)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(per_scene(feat, neighbors, kernel)),
+                             rtol=1e-5, atol=1e-5)
+  grads = jax.grad(lambda f, k: loss(sparse_conv.batched_sparse_conv, f, k), (0, 1))(feat, kernel)
+  expected = jax.grad(lambda f, k: loss(per_scene, f, k), (0, 1))(feat, kernel)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

@@ -157,7 +157,8 @@ def _dense_neighbor_table(grid, valid, by_coord, kernel_size: int, size: int):
   return jnp.where(inside & (first < n), by_coord[jnp.minimum(first, n - 1)], -1)
 
 
-def neighbor_tables(grid, valid, coord, kernel_size: int, by_coord=None):
+def neighbor_tables(grid, valid, coord, kernel_size: int, by_coord=None,
+                    dense_cells_per_point: int = DENSE_CELLS_PER_POINT):
   """`neighbor_table` of every scene of a batch: i32 [B, N, K^3], the same tables.
 
   When every scene's occupied box has at most DENSE_CELLS_PER_POINT * N cells, the tables
@@ -171,10 +172,11 @@ def neighbor_tables(grid, valid, coord, kernel_size: int, by_coord=None):
     grid: i32 [B, N, 3] cells (>= 0, < 2^16); valid: bool [B, N]; coord: f32 [B, N, 3].
     by_coord: i32 [B, N] `serialization.coordinate_order` per scene (any permutation when
       every cell holds one point), computed when None.
+    dense_cells_per_point: the dense box's budget (0: always search).
   """
   if by_coord is None:
     by_coord = jax.vmap(serialization.coordinate_order)(coord)
-  size = DENSE_CELLS_PER_POINT * grid.shape[1]
+  size = max(1, dense_cells_per_point * grid.shape[1])  # both branches are traced
   fits = jnp.all(jax.vmap(lambda g, v: _fits_dense_box(g, v, size))(grid, valid))
   dense = jax.vmap(lambda g, v, p: _dense_neighbor_table(g, v, p, kernel_size, size))
   search = jax.vmap(lambda g, v, c, p: neighbor_table(g, v, c, kernel_size, p))
@@ -288,6 +290,25 @@ def sparse_conv(features, neighbors, kernel):
 sparse_conv.defvjp(_sparse_conv_fwd, _sparse_conv_bwd)
 
 
+def batched_sparse_conv(features, neighbors, kernel):
+  """`sparse_conv` of every scene: features [B, N, C_in], neighbors i32 [B, N, K3] ->
+  [B, N, C_out].
+
+  On one device the B scenes run as one scene of B*N rows (each scene's neighbour indices
+  offset by b*N): the gathers and scatter-adds of a vmapped conv carry a batch axis that
+  XLA:CPU handles 1.1-1.4x slower, B = 1 included (docs/performance.md). With several
+  devices the batch axis stays, so that a data-parallel sharding of it can partition the
+  gathers.
+  """
+  b, n = features.shape[:2]
+  if b > 1 and jax.device_count() > 1:
+    return jax.vmap(sparse_conv, in_axes=(0, 0, None))(features, neighbors, kernel)
+  offset = (jnp.arange(b, dtype=jnp.int32) * n)[:, None, None]
+  rows = jnp.where(neighbors >= 0, neighbors + offset, -1).reshape(b * n, -1)
+  out = sparse_conv(features.reshape(b * n, -1), rows, kernel)
+  return out.reshape(b, n, -1)
+
+
 class SubMConv3d(nn.Module):
   """Submanifold sparse conv on one scene given its neighbour table.
 
@@ -304,8 +325,8 @@ class SubMConv3d(nn.Module):
   def __call__(self, x, neighbors):
     k3 = self.kernel_size ** 3
     kernel = self.param("kernel", self.kernel_init, (k3, x.shape[-1], self.features))
-    conv = sparse_conv if x.ndim == 2 else jax.vmap(sparse_conv, in_axes=(0, 0, None))
-    y = conv(x, neighbors, kernel)
+    y = sparse_conv(x, neighbors, kernel) if x.ndim == 2 else batched_sparse_conv(
+        x, neighbors, kernel)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y

@@ -15,6 +15,10 @@ Pallas runs only on a GPU (interpret mode is a correctness tool, not a speed pat
 protocol's stage-0 shapes, forward+backward, interleaved: "every patch, 128 queries" is
 the split used before 2026-12-05 (one loop step = 128 queries of all patches at once),
 the others loop over groups of patches with blocks of about the given size.
+
+`--base-tree DIR` times this tree's XLA path against `patch_attention_xla` of another
+checkout (e.g. a git worktree of an older commit) at the same shapes, forward+backward,
+interleaved in one process, gradients checked equal first.
 """
 from __future__ import annotations
 
@@ -103,6 +107,25 @@ def split_rows(repeats):
   return rows
 
 
+def base_tree_rows(base_tree: str, repeats: int):
+  """(shape label, [before s, now s]): `base_tree`'s XLA path against this tree's."""
+  from benchmarks import ab_step  # pylint: disable=import-outside-toplevel
+  before = ab_step.base_module(base_tree, "kernels.patch_attention")
+  rows = []
+  for num_patches, num_heads, patch_len in _SPLIT_SHAPES:
+    keys = jax.random.split(jax.random.key(2), 4)
+    shape = (num_patches, num_heads, patch_len, _HEAD_DIM)
+    q, k, v = (jax.random.normal(key, shape) for key in keys[:3])
+    key_valid = jax.random.uniform(keys[3], (num_patches, patch_len)) < 0.9
+    fns = [jax.jit(jax.grad(lambda q, k, v, m=module: jnp.sum(jnp.sin(m.patch_attention_xla(
+        q, k, v, key_valid, _HEAD_DIM**-0.5))), argnums=(0, 1, 2))) for module in (before, pa)]
+    for a, b in zip(fns[0](q, k, v), fns[1](q, k, v)):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    rows.append((f"{num_patches} x {num_heads} x {patch_len}", interleaved_median_seconds(
+        [lambda fn=fn: fn(q, k, v) for fn in fns], repeats, settle_s=0.2)))
+  return rows
+
+
 def impls():
   named = {name: (lambda q, k, v, m, name=name: pa.patch_attention(q, k, v, m, impl=name))
            for name in ("reference", "xla")}
@@ -119,9 +142,18 @@ def main():
                       help="CPU: time the XLA path's work splits at the protocol's shapes")
   parser.add_argument("--sweep-blocks", action="store_true",
                       help="GPU only: time Pallas BlockSizes candidates at the largest size")
+  parser.add_argument("--base-tree", default="",
+                      help="CPU: time the XLA path against this checkout's")
   args = parser.parse_args()
   gpu = dispatch.on_gpu()
   repeats = 3 if args.quick else args.repeats
+  if args.base_tree:
+    print(f"XLA path, forward+backward ms, medians of {repeats}, interleaved")
+    print(f"| P x H x L | {args.base_tree} | this tree | before / now |\n|---|---|---|---|")
+    for label, (before, now) in base_tree_rows(args.base_tree, repeats):
+      print(f"| {label} | {before * 1e3:.1f} | {now * 1e3:.1f} | {before / now:.2f}x |",
+            flush=True)
+    return
   if args.sweep_split:
     print(f"XLA path, forward+backward ms, medians of {repeats}, interleaved")
     print("| P x H x L | " + " | ".join(label for label, _, _ in _SPLITS) + " | before / default |")

@@ -1,4 +1,5 @@
-"""Sparse conv, serialization sorts, LayerNorm and BatchNorm against their former formulations.
+"""Sparse conv, neighbour tables, serialization sorts, LayerNorm and BatchNorm against their
+former formulations.
 
   python -m benchmarks.bench_structure_ops            # demo, 20k and 80k point shapes
   python -m benchmarks.bench_structure_ops --quick    # demo shapes only
@@ -8,7 +9,13 @@ Sparse conv (`model.sparse_conv.sparse_conv`): baseline = one GEMM per kernel of
 groups of G per GEMM with a backward that recomputes the gathered rows ("G f / b": the
 forward's and the backward's group sizes). Random neighbour
 tables (30% of entries present), vmapped over B scenes; "grad" = d/d(features, kernel) of
-sum(out^2), forward included.
+sum(out^2), forward included. "grad: B*N rows" is `batched_sparse_conv`, the model's conv
+since 2026-12-05 (late session): the B scenes as one of B*N rows instead of a vmap.
+
+Neighbour tables (`model.sparse_conv.neighbor_tables`, stage 0 of the protocol room and a
+sparse demo-like batch, K = 3 and 5): baseline = the sorted-cell search vmapped over the
+scenes; ours = the dense box when the scenes' occupied boxes fit, else the same search
+(the sparse batch: its 4 x 2048 points spread over 200^3 cells). Same tables (checked).
 
 Serialization (`model.serialization.serialize`, the four curves of a stage-0 scene with
 points sharing cells): baseline = one 5-key sort (code halves, x, y, z) per curve; ours =
@@ -84,19 +91,48 @@ def conv_rows(shapes, repeats):
     neighbors = jnp.asarray(np.where(present, rng.integers(0, n, (b, n, k3)), -1), jnp.int32)
     kernel = jnp.asarray(rng.normal(size=(k3, c_in, c_out)) / np.sqrt(k3 * c_in), jnp.float32)
     fwd, grad = [], []
-    for conv in (per_offset_scan_conv, sparse_conv.sparse_conv):
-      batched = jax.vmap(conv, in_axes=(0, 0, None))
-      fwd.append(jax.jit(lambda f, k, batched=batched: batched(f, neighbors, k)))
+    for conv in (per_offset_scan_conv, sparse_conv.sparse_conv, None):
+      batched = (jax.vmap(conv, in_axes=(0, 0, None)) if conv
+                 else sparse_conv.batched_sparse_conv)
+      if conv:
+        fwd.append(jax.jit(lambda f, k, batched=batched: batched(f, neighbors, k)))
       grad.append(jax.jit(jax.grad(
           lambda f, k, batched=batched: jnp.sum(batched(f, neighbors, k) ** 2), (0, 1))))
-    want, got = grad[0](features, kernel), grad[1](features, kernel)
-    for a, c in zip(want, got):
-      np.testing.assert_allclose(c, a, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(a))))
+    want = grad[0](features, kernel)
+    for other in grad[1:]:
+      for a, c in zip(want, other(features, kernel)):
+        np.testing.assert_allclose(c, a, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(a))))
     times = interleaved_median_seconds(
         [lambda fn=fn: fn(features, kernel) for fn in fwd + grad], repeats, settle_s=0.2)
     groups = [sparse_conv.offsets_per_step(n, k3, c_in, backward=bwd) for bwd in (False, True)]
     rows.append((f"{b} x {n}, {c_in} -> {c_out}, K3 {k3} (G {groups[0]} / {groups[1]})",
                  *times))
+  return rows
+
+
+def neighbor_table_rows(point_counts, repeats):
+  """(label, search s, neighbor_tables s) for protocol rooms of `point_counts` points and a
+  sparse 4-scene batch, K = 3 and 5."""
+  from benchmarks import bench_model, protocol_scene  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  scenes = []
+  for n in point_counts:
+    room = protocol_scene.load_scene(bench_model.scene_path(n))
+    scenes.append((f"protocol room, 1 x {n}", room["grid"][None].astype(np.int32),
+                   room["coord"][None].astype(np.float32)))
+  grid = rng.integers(0, 200, (4, 2048, 3)).astype(np.int32)
+  scenes.append(("sparse, 4 x 2048 (search in both)", grid, grid.astype(np.float32) * 0.02))
+  rows = []
+  for label, grid, coord in scenes:
+    args = (jnp.asarray(grid), jnp.ones(grid.shape[:2], bool), jnp.asarray(coord))
+    by_coord = jax.vmap(serialization.coordinate_order)(args[2])
+    for k in (3, 5):
+      fns = [jax.jit(jax.vmap(lambda g, v, c, p, k=k: sparse_conv.neighbor_table(g, v, c, k, p))),
+             jax.jit(lambda g, v, c, p, k=k: sparse_conv.neighbor_tables(g, v, c, k, p))]
+      np.testing.assert_array_equal(fns[0](*args, by_coord), fns[1](*args, by_coord))
+      times = interleaved_median_seconds([lambda fn=fn: fn(*args, by_coord) for fn in fns],
+                                         repeats, settle_s=0.2)
+      rows.append((f"{label}, K {k}", *times))
   return rows
 
 
@@ -161,11 +197,15 @@ def main():
   norm_shapes = _NORM_SHAPES[:1] if args.quick else _NORM_SHAPES
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; medians of {repeats}, ms\n")
   print("| sparse conv | fwd: per-offset scan | fwd: grouped | ratio | grad: per-offset scan "
-        "| grad: grouped | ratio |")
-  print("|---|---|---|---|---|---|---|")
-  for name, f0, f1, g0, g1 in conv_rows(conv_shapes, repeats):
+        "| grad: grouped | ratio | grad: B*N rows | vs grouped |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name, f0, f1, g0, g1, g2 in conv_rows(conv_shapes, repeats):
     print(f"| {name} | {f0 * 1e3:.2f} | {f1 * 1e3:.2f} | {f0 / f1:.2f}x | {g0 * 1e3:.2f} | "
-          f"{g1 * 1e3:.2f} | {g0 / g1:.2f}x |")
+          f"{g1 * 1e3:.2f} | {g0 / g1:.2f}x | {g2 * 1e3:.2f} | {g1 / g2:.2f}x |")
+  print("\n| neighbour tables | sorted-cell search | neighbor_tables | ratio |")
+  print("|---|---|---|---|")
+  for name, t0, t1 in neighbor_table_rows([20000] if args.quick else [20000, 80000], repeats):
+    print(f"| {name} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
   print("\n| serialization | 5-key sort per curve | coordinate sort + 2-key sorts | ratio |")
   print("|---|---|---|---|")
   for name, t0, t1 in sort_rows(sort_shapes, repeats):

@@ -110,22 +110,29 @@ def test_padding_gets_no_weight_and_no_gradient(impl):
   np.testing.assert_array_equal(np.asarray(dv[1][:, padded]), 0.0)
 
 
-@pytest.mark.parametrize("block_bytes", [8 << 20, 2 * 2 * 128 * 200 * 4])
-def test_xla_path_with_ragged_query_chunk_and_patch_groups(monkeypatch, block_bytes):
-  # 200 queries = one full 128-query chunk plus a ragged one (dK/dV summed over both).
-  # The small block budget makes groups of 2 patches: 2 loop steps, one dummy patch.
+def _assert_xla_split_matches_reference(monkeypatch, block_bytes, heads, expected_group,
+                                        seed):
+  """With 128-query chunks and `block_bytes` per loop step, the XLA path on 3 patches of
+  200 points splits them into groups of `expected_group` and matches the reference's
+  values and gradients. 200 queries = one full chunk plus a ragged one (dK/dV summed
+  over both)."""
   monkeypatch.setattr(pa, "_XLA_QUERY_CHUNK", 128)
   monkeypatch.setattr(pa, "_XLA_BLOCK_BYTES", block_bytes)
   pa.patch_attention.clear_cache()  # the split is read at trace time; same shapes as before
-  expected_groups = 3 if block_bytes == 8 << 20 else 2
-  assert pa.xla_work_split(3, _HEADS, 200) == (expected_groups, 128)
-  q, k, v, key_valid = _inputs(200, jnp.float32, seed=3)
+  assert pa.xla_work_split(3, heads, 200) == (expected_group, 128)
+  q, k, v, key_valid = _inputs(200, jnp.float32, seed=seed, heads=heads)
   xla = _impl("xla")
   _assert_close(xla(q, k, v, key_valid), pa.patch_attention_reference(q, k, v, key_valid),
                 _TOL[jnp.float32])
   for grad, expected in zip(_grads(xla, q, k, v, key_valid),
                             _grads(pa.patch_attention_reference, q, k, v, key_valid)):
     _assert_close(grad, expected, _GRAD_TOL[jnp.float32])
+
+
+@pytest.mark.parametrize("block_bytes, group", [(8 << 20, 3), (2 * 2 * 128 * 200 * 4, 2)])
+def test_xla_path_with_ragged_query_chunk_and_patch_groups(monkeypatch, block_bytes, group):
+  # The small block budget makes groups of 2 patches: 2 loop steps, one dummy patch.
+  _assert_xla_split_matches_reference(monkeypatch, block_bytes, _HEADS, group, seed=3)
 
 
 @pytest.mark.parametrize("block_bytes, group", [(1 * 128 * 200 * 4, 1),
@@ -135,17 +142,7 @@ def test_xla_path_single_head_runs_patch_pairs_as_heads(monkeypatch, block_bytes
   # One head: pairs of patches become the two heads of one (an odd group gains a dummy
   # patch; a group of one stays as it is). Patches 1 and 2 differ in their key masks, so a
   # pair that mixed up masks or outputs would not match the reference.
-  monkeypatch.setattr(pa, "_XLA_QUERY_CHUNK", 128)
-  monkeypatch.setattr(pa, "_XLA_BLOCK_BYTES", block_bytes)
-  pa.patch_attention.clear_cache()  # the split is read at trace time; same shapes as before
-  assert pa.xla_work_split(3, 1, 200) == (group, 128)
-  q, k, v, key_valid = _inputs(200, jnp.float32, seed=5, heads=1)
-  xla = _impl("xla")
-  _assert_close(xla(q, k, v, key_valid), pa.patch_attention_reference(q, k, v, key_valid),
-                _TOL[jnp.float32])
-  for grad, expected in zip(_grads(xla, q, k, v, key_valid),
-                            _grads(pa.patch_attention_reference, q, k, v, key_valid)):
-    _assert_close(grad, expected, _GRAD_TOL[jnp.float32])
+  _assert_xla_split_matches_reference(monkeypatch, block_bytes, 1, group, seed=5)
 
 
 @pytest.mark.parametrize("shape, expected", [

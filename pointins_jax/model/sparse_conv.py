@@ -1,9 +1,11 @@
 """Submanifold sparse 3D convolution over grid neighbours, inside jit.
 
 A neighbour table gives, for every point and every one of the K^3 kernel offsets, the
-index of a point occupying the offset cell (or -1). It is built by sorting the cells
-lexicographically (exact 48-bit keys as two int32 halves) and a vectorised binary search
-per (dx, dy) column of the kernel, once per stage, and shared by every conv of that stage.
+index of a point occupying the offset cell (or -1). It is built once per stage and shared
+by every conv of that stage: from a dense box of cells (one gather per kernel offset) when
+the scenes' occupied boxes are small enough, else by sorting the cells lexicographically
+(exact 48-bit keys as two int32 halves) and a vectorised binary search per (dx, dy)
+column of the kernel.
 When several points share a cell (views are not re-voxelised after augmentation), the
 neighbour is the first of them in coordinate order, so the result does not depend on the
 input order. The convolution gathers the neighbour rows of a group of kernel offsets and
@@ -163,8 +165,9 @@ def neighbor_tables(grid, valid, coord, kernel_size: int, by_coord=None,
 
   When every scene's occupied box has at most DENSE_CELLS_PER_POINT * N cells, the tables
   come from a dense box per scene (`_dense_neighbor_table`: K^3 gathers per point), else
-  from the sorted-cell search. At 80k points of the protocol room the box built the 3^3
-  table 4x and the 5^3 table 5x faster than the search (docs/performance.md). One choice
+  from the sorted-cell search. On the protocol room at 20k-80k points the box built the
+  3^3 table 7.6-8.6x and the 5^3 table 4.3-4.6x faster than the search
+  (benchmarks/bench_structure_ops.py, docs/performance.md). One choice
   for the whole batch keeps the branch a real `lax.cond` (a per-scene predicate under
   vmap would run both).
 

@@ -90,14 +90,13 @@ def conv_rows(shapes, repeats):
     present = rng.random((b, n, k3)) < 0.3
     neighbors = jnp.asarray(np.where(present, rng.integers(0, n, (b, n, k3)), -1), jnp.int32)
     kernel = jnp.asarray(rng.normal(size=(k3, c_in, c_out)) / np.sqrt(k3 * c_in), jnp.float32)
-    fwd, grad = [], []
-    for conv in (per_offset_scan_conv, sparse_conv.sparse_conv, None):
-      batched = (jax.vmap(conv, in_axes=(0, 0, None)) if conv
-                 else sparse_conv.batched_sparse_conv)
-      if conv:
-        fwd.append(jax.jit(lambda f, k, batched=batched: batched(f, neighbors, k)))
-      grad.append(jax.jit(jax.grad(
-          lambda f, k, batched=batched: jnp.sum(batched(f, neighbors, k) ** 2), (0, 1))))
+    # per-offset scan and grouped conv vmapped over B, then the grouped one on B*N rows
+    convs = [jax.vmap(conv, in_axes=(0, 0, None))
+             for conv in (per_offset_scan_conv, sparse_conv.sparse_conv)]
+    convs.append(sparse_conv.batched_sparse_conv)
+    fwd = [jax.jit(lambda f, k, conv=conv: conv(f, neighbors, k)) for conv in convs[:2]]
+    grad = [jax.jit(jax.grad(lambda f, k, conv=conv: jnp.sum(conv(f, neighbors, k) ** 2),
+                             (0, 1))) for conv in convs]
     want = grad[0](features, kernel)
     for other in grad[1:]:
       for a, c in zip(want, other(features, kernel)):

@@ -152,6 +152,49 @@ def test_unique_cells_fast_path_gives_the_same_order():
   args = (jnp.asarray(g), jnp.asarray(valid), jnp.asarray(coord))
   slow = serialization.serialize(*args)
   fast = serialization.serialize(*args, unique_cells=True)
-  n = int(valid.sum())
-  for a, b in zip(slow, fast):
-    np.testing.assert_array_equal(np.asarray(a)[:, :n], np.asarray(b)[:, :n])
+  n = int(valid.sum())  # the valid points lead both orders; padding's order is arbitrary
+  np.testing.assert_array_equal(np.asarray(slow[0])[:, :n], np.asarray(fast[0])[:, :n])
+  np.testing.assert_array_equal(np.asarray(slow[1])[:, valid], np.asarray(fast[1])[:, valid])
+
+
+@pytest.mark.parametrize("n,code_bits", [(1, 3), (7, 3), (300, 12), (300, 48), (5000, 30),
+                                         (70000, 27), (70000, 30), (70000, 48)])
+def test_code_order_is_a_stable_lexsort_with_padding_last(n, code_bits):
+  # 70000 points leave 15-bit digits: 27-bit codes take 2 passes, 48-bit ones 4, and
+  # 30-bit ones 3 (two for the codes, one more for the padding bit).
+  rng = np.random.default_rng(n + code_bits)
+  code = rng.integers(0, 2 ** code_bits, n, dtype=np.uint64) >> rng.integers(0, 3, n).astype(
+      np.uint64)  # many ties and mixed magnitudes
+  code[rng.integers(0, n, n // 3)] = code[0]
+  hi = (code >> np.uint64(24)).astype(np.int32)
+  lo = (code & np.uint64(0xFFFFFF)).astype(np.int32)
+  valid = rng.random(n) < 0.9
+  expected = np.lexsort((np.arange(n), np.where(valid, code, 0), ~valid))
+  got = jax.jit(serialization.code_order)(jnp.asarray(hi), jnp.asarray(lo), jnp.asarray(valid))
+  np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_code_order_batched_scenes_sort_independently():
+  rng = np.random.default_rng(5)
+  hi = rng.integers(0, 2, (3, 500)).astype(np.int32)  # one scene 25-bit codes, others less
+  hi[1:] = 0
+  lo = rng.integers(0, 1 << 24, (3, 500)).astype(np.int32) >> np.array([[0], [10], [20]])
+  valid = rng.random((3, 500)) < 0.7
+  got = jax.jit(jax.vmap(serialization.code_order))(jnp.asarray(hi), jnp.asarray(lo),
+                                                     jnp.asarray(valid))
+  for b in range(3):
+    code = (hi[b].astype(np.int64) << 24) | lo[b]
+    expected = np.lexsort((np.arange(500), np.where(valid[b], code, 0), ~valid[b]))
+    np.testing.assert_array_equal(np.asarray(got)[b], expected)
+
+
+@pytest.mark.parametrize("n", [1, 9, 70000])
+def test_coordinate_order_is_numpys_lexsort(n):
+  rng = np.random.default_rng(n)
+  coord = rng.normal(0, 3, (n, 3)).astype(np.float32)
+  coord[rng.integers(0, n, n // 2)] = coord[0]  # whole-point ties: index order
+  coord[rng.integers(0, n, n // 3), 1] = coord[-1, 1]  # ties on one axis
+  coord[rng.integers(0, n, n // 4), 2] = rng.choice([-0.0, 0.0, 1e-30, -1e30, 1e30], n // 4)
+  expected = np.lexsort((np.arange(n), coord[:, 2], coord[:, 1], coord[:, 0]))
+  got = jax.jit(serialization.coordinate_order)(jnp.asarray(coord))
+  np.testing.assert_array_equal(np.asarray(got), expected)

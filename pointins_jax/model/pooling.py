@@ -38,8 +38,8 @@ def grid_pool(grid, valid, coord, capacity: int):
   parent = grid >> 1
   hi, lo = serialization.morton_halves(parent[:, 0], parent[:, 1], parent[:, 2])
   hi = jnp.where(valid, hi, serialization.PAD_HI)
-  iota = jnp.arange(n, dtype=jnp.int32)
-  hi_sorted, lo_sorted, order = jax.lax.sort((hi, lo, iota), num_keys=2)
+  order = serialization.code_order(hi, lo, valid)
+  hi_sorted, lo_sorted = hi[order], lo[order]
   new_key = jnp.concatenate([jnp.ones((1,), bool), (hi_sorted[1:] != hi_sorted[:-1])
                              | (lo_sorted[1:] != lo_sorted[:-1])])
   new_key &= hi_sorted != serialization.PAD_HI

@@ -84,8 +84,8 @@ def neighbor_table(grid, valid, coord, kernel_size: int, by_coord=None):
   if by_coord is None:
     by_coord = serialization.coordinate_order(coord)
   # Stable on points in coordinate order = one sort on (cell, x, y, z, index).
-  s_hi, s_lo, order = jax.lax.sort((hi[by_coord], lo[by_coord], by_coord), num_keys=2,
-                                   is_stable=True)
+  order = by_coord[serialization.code_order(hi[by_coord], lo[by_coord], valid[by_coord])]
+  s_hi, s_lo = hi[order], lo[order]
   first = jnp.concatenate([jnp.ones((1,), bool),
                            (s_hi[1:] != s_hi[:-1]) | (s_lo[1:] != s_lo[:-1])])
   first &= s_hi != serialization.PAD_HI

@@ -322,8 +322,9 @@ def _chunk_backward(q, k, v, key_valid, o, lse, do, scale):
   of its left operand (P's query axis) outside its fast dot library, and the two of them
   were half of the attention backward; key-major, the backward of one chunk ran 1.2-1.4x
   faster from [16, 2, 256, 256, 16] to [2, 4, 256, 1024, 16] (docs/performance.md).
-  dQ^T = K^T dS^T (contracting the key axis of both) is then the one transposed product
-  left.
+  dQ = dS K needs dS query-major: its transpose is copied out once (an optimization
+  barrier, or XLA folds the transpose back into a slow dot), 1.05-1.28x faster forward +
+  backward at the protocol's stage-0 shapes than contracting dS^T's key axis in place.
   """
   valid = key_valid[..., None]  # [G, H, L, 1]
   p_t = jnp.where(valid, jnp.exp(jnp.einsum("phkd,phqd->phkq", k, q) * scale
@@ -331,7 +332,8 @@ def _chunk_backward(q, k, v, key_valid, o, lse, do, scale):
   dv = jnp.einsum("phkq,phqd->phkd", p_t, do)
   dp_t = jnp.einsum("phkd,phqd->phkq", v, do)
   ds_t = p_t * (dp_t - jnp.sum(do * o, axis=-1)[:, :, None, :]) * scale
-  dq = jnp.swapaxes(jnp.einsum("phkd,phkq->phdq", k, ds_t), 2, 3)
+  ds = jax.lax.optimization_barrier(jnp.swapaxes(ds_t, 2, 3))
+  dq = jnp.einsum("phqk,phkd->phqd", ds, k)
   return dq, jnp.einsum("phkq,phqd->phkd", ds_t, q), dv
 
 

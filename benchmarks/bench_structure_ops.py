@@ -18,9 +18,11 @@ scenes; ours = the dense box when the scenes' occupied boxes fit, else the same 
 (the sparse batch: its 4 x 2048 points spread over 200^3 cells). Same tables (checked).
 
 Serialization (`model.serialization.serialize`, the four curves of a stage-0 scene with
-points sharing cells): baseline = one 5-key sort (code halves, x, y, z) per curve; ours =
-one coordinate sort per stage, then a stable 2-key sort per curve. Both give the same
-orders (checked here).
+points sharing cells): the first baseline = one 5-key sort (code halves, x, y, z) per
+curve; the second (2026-12-05, until the night session) = one `lax.sort` on coordinates
+per stage, then a stable 2-key `lax.sort` per curve; ours = the same two steps as radix
+passes of single-operand sorts (`serialization.code_order`). All give the same orders of
+the valid points (checked here).
 
 LayerNorm (`model.layer_norm.LayerNorm`): baseline = `flax.linen.LayerNorm` with autodiff's
 backward; ours = the closed-form backward; "grad" = d/d(params, x, w) of

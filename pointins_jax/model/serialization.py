@@ -106,10 +106,15 @@ def encode(grid, order: str, depth=MAX_DEPTH):
   raise ValueError(f"unknown serialization order {order!r}; use one of {ORDERS}")
 
 
+def _bit_length(x):
+  """Bits of non-negative x (int32 or uint32; 0 for 0)."""
+  return (32 - jax.lax.clz(x)).astype(jnp.int32)
+
+
 def scene_depth(grid, valid):
   """Pointcept's depth: bit_length(max valid grid coordinate + 1), at least 1."""
   m = jnp.max(jnp.where(valid[:, None], grid, 0)) + 1
-  return jnp.maximum(32 - jax.lax.clz(m.astype(jnp.int32)), 1)
+  return jnp.maximum(_bit_length(m.astype(jnp.int32)), 1)
 
 
 def batch_depth(grid, valid):
@@ -145,11 +150,6 @@ def _radix_passes(order, digit, passes):
     return order[(words & jnp.uint32((1 << b) - 1)).astype(jnp.int32)]
 
   return jax.lax.fori_loop(0, passes, one_pass, order)
-
-
-def _bit_length(x):
-  """Bits of non-negative x (int32 or uint32; 0 for 0)."""
-  return (32 - jax.lax.clz(x)).astype(jnp.int32)
 
 
 def _sortable_bits(x):

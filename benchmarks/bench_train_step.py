@@ -40,7 +40,16 @@ def make_config(model: str, points: int, offset_enabled: bool, knn_impl: str = "
   return config
 
 
-def time_step(config, host_batch, total_steps: int, repeats: int) -> float:
+def first_batch(config):
+  """The demo loader's first host batch for `config`."""
+  iterator = loader_lib.make_pretrain_iterator(
+      config.data, seed=0, batch_size=config.train.batch_size,
+      stage_capacities_fn=functools.partial(model_configs.stage_capacities, config.model))
+  return next(iterator)
+
+
+def build_step(config, host_batch, total_steps: int):
+  """(jitted train_step, its (state, batch, rng) arguments) for timing or profiling."""
   state = jax.jit(functools.partial(train_lib.init_train_state, config,
                                     total_steps=total_steps))(jax.random.key(0))
   # Past the offset warm-up (10% of training): every loss term is live.
@@ -48,9 +57,13 @@ def time_step(config, host_batch, total_steps: int, repeats: int) -> float:
   step = jax.jit(functools.partial(train_lib.train_step, config=config,
                                    total_steps=total_steps))
   batch = {k: jnp.asarray(host_batch[k]) for k in train_lib.BATCH_KEYS}
-  rng = jax.random.key(1)
   # No donation here: the same state is stepped repeatedly, each call is one full step.
-  return median_seconds(lambda: step(state, batch, rng)[1]["loss"], repeats)
+  return step, (state, batch, jax.random.key(1))
+
+
+def time_step(config, host_batch, total_steps: int, repeats: int) -> float:
+  step, args = build_step(config, host_batch, total_steps)
+  return median_seconds(lambda: step(*args)[1]["loss"], repeats)
 
 
 def main():
@@ -62,10 +75,7 @@ def main():
                       help="comma-separated offset.knn_impl values for the PointINS rows")
   args = parser.parse_args()
   base_config = make_config(args.model, args.points, offset_enabled=True)
-  iterator = loader_lib.make_pretrain_iterator(
-      base_config.data, seed=0, batch_size=base_config.train.batch_size,
-      stage_capacities_fn=functools.partial(model_configs.stage_capacities, base_config.model))
-  host_batch = next(iterator)
+  host_batch = first_batch(base_config)
   real = int(np.sum(host_batch["valid"]))
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); model "
         f"{args.model}; batch {base_config.train.batch_size} scenes x 2 views x {args.points} "

@@ -1,12 +1,16 @@
-"""Where one protocol step's time goes: a jax.profiler trace aggregated by model part.
+"""Where one step's time goes: a jax.profiler trace aggregated by model part.
 
   python -m benchmarks.profile_step --workload tiny-20k-train
   python -m benchmarks.profile_step --workload default-20k-train --capacities fixed --steps 2
+  python -m benchmarks.profile_step --workload demo     # the README demo's PointINS step
 
-Runs the benchmark protocol's step (benchmarks/bench_model.py) under `jax.profiler`, reads
-the trace's XLA op events back and charges each op to a model part through the op_name
-metadata of the compiled HLO (attention, sparse conv, neighbour tables, serialization,
-norms, ...; "(bwd)" = the backward pass). Also prints XLA's cost analysis (FLOPs, bytes).
+Runs the benchmark protocol's step (benchmarks/bench_model.py), or with `--workload demo`
+the full PointINS train step of the README demo on its loader's first batch
+(benchmarks/bench_train_step.py), under `jax.profiler`, reads the trace's XLA op events
+back and charges each op to a part through the op_name metadata of the compiled HLO (the
+offset branch's ODR and SCR steps, attention, sparse conv, neighbour tables,
+serialization, norms, ...; "(bwd)" = the backward pass). Also prints XLA's cost analysis
+(FLOPs, bytes).
 """
 from __future__ import annotations
 
@@ -22,9 +26,16 @@ import tempfile
 import jax
 
 from benchmarks import bench_model
+from benchmarks import bench_train_step
 
 # (part, substrings of the op_name path that identify it); first match wins.
 PARTS = (
+    # The offset branch's named scopes (pointins/offsets.py, pointins/scr.py) come first:
+    # their sorts and searches would otherwise count as the backbone's.
+    ("ODR", ("(odr)", "/odr/")),
+    ("SCR K-means", ("scr_kmeans",)),
+    ("SCR kNN", ("scr_knn",)),
+    ("SCR components", ("scr_components",)),
     ("attention", ("/attn/",)),
     ("sparse conv (CPE)", ("cpe_conv",)),
     ("sparse conv (stem)", ("stem_conv",)),
@@ -63,9 +74,20 @@ def trace_events(trace_dir: str) -> tuple[str, list]:
     return path, json.load(f)["traceEvents"]
 
 
+def demo_workload():
+  """(step(i), info) of the README demo's PointINS train step, as `build_workload`'s."""
+  config = bench_train_step.make_config("tiny", 2048, offset_enabled=True)
+  train_step, args = bench_train_step.build_step(config, bench_train_step.first_batch(config),
+                                                 total_steps=100)
+  info = {"capacities": tuple(config.model.stage_capacity_fractions),
+          "lowered": lambda: train_step.lower(*args)}
+  return lambda i: train_step(*args)[1]["loss"], info
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workload", default="tiny-20k-train", choices=bench_model.WORKLOADS)
+  parser.add_argument("--workload", default="tiny-20k-train",
+                      choices=bench_model.WORKLOADS + ("demo",))
   parser.add_argument("--capacities", default="fitted", choices=("fitted", "fixed"))
   parser.add_argument("--steps", type=int, default=3, help="profiled steps (after warm-up)")
   parser.add_argument("--verbose", action="store_true", help="list the largest 'other' ops")
@@ -73,7 +95,11 @@ def main():
   args = parser.parse_args()
   if args.quick:
     args.steps = 1
-  step, info = bench_model.build_workload(args.workload, args.capacities)
+  if args.workload == "demo":
+    args.capacities = "fixed"  # the demo config's stage fractions
+    step, info = demo_workload()
+  else:
+    step, info = bench_model.build_workload(args.workload, args.capacities)
   jax.block_until_ready(step(0))
   jax.block_until_ready(step(1))
   trace_dir = tempfile.mkdtemp(prefix="pointins_profile_")

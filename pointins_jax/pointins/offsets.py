@@ -87,7 +87,8 @@ def teacher_offset_targets(offsets, coord, features, valid, key, cfg, magnitude_
   def odr(o, mask):
     if not cfg.odr:
       return o
-    return odr_lib.pit_normalize(o, mask, magnitude_prior, direction_prior)
+    with jax.named_scope("odr"):
+      return odr_lib.pit_normalize(o, mask, magnitude_prior, direction_prior)
 
   def scr(o, mask):
     if not cfg.scr:

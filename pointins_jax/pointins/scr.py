@@ -97,11 +97,15 @@ def spatial_clustering_targets(coord, offsets, features, valid, key, *, num_clus
   valid = valid.astype(bool)
   coord = coord.astype(jnp.float32)
   centroids = coord + offsets.astype(jnp.float32)
-  cluster, _ = kmeans_lib.kmeans(features, valid, num_clusters, kmeans_iters, key)
-  index, _ = knn_lib.knn(centroids, centroids, min(k_nn, n), query_valid=valid,
-                         key_valid=valid, query_segment=cluster, key_segment=cluster,
-                         max_distance=tau_d, impl=knn_impl)
-  component = cc_lib.components_from_knn(index, node_valid=valid)  # -1 on padding
+  # Named scopes charge each part's ops in profiles (benchmarks/profile_step.py).
+  with jax.named_scope("scr_kmeans"):
+    cluster, _ = kmeans_lib.kmeans(features, valid, num_clusters, kmeans_iters, key)
+  with jax.named_scope("scr_knn"):
+    index, _ = knn_lib.knn(centroids, centroids, min(k_nn, n), query_valid=valid,
+                           key_valid=valid, query_segment=cluster, key_segment=cluster,
+                           max_distance=tau_d, impl=knn_impl)
+  with jax.named_scope("scr_components"):
+    component = cc_lib.components_from_knn(index, node_valid=valid)  # -1 on padding
 
   # Per-component sums indexed by the component's root id; padding goes to slot n.
   slot = jnp.where(valid, component, n)

@@ -41,7 +41,7 @@ def make_config(model: str, points: int, offset_enabled: bool, knn_impl: str = "
 
 
 def first_batch(config):
-  """The demo loader's first host batch for `config`."""
+  """The pretraining loader's first host batch for `config` (seed 0)."""
   iterator = loader_lib.make_pretrain_iterator(
       config.data, seed=0, batch_size=config.train.batch_size,
       stage_capacities_fn=functools.partial(model_configs.stage_capacities, config.model))

@@ -21,7 +21,7 @@ def test_part_of_reads_the_scopes_under_vmap_and_autodiff():
   assert profile_step.part_of("jit(f)/backbone/coordinate_order/sort") == "serialization"
 
 
-def test_compiled_offset_targets_carry_every_part():
+def test_lowered_offset_targets_carry_every_part():
   config = common.pretrain_config("indoor")
   cfg = config.offset
   cfg.num_clusters, cfg.k_nn, cfg.tau_d, cfg.tau_min = 4, 12, 0.25, 8

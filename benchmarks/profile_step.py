@@ -95,6 +95,9 @@ def main():
   args = parser.parse_args()
   if args.quick:
     args.steps = 1
+  # Ops are charged by the compiled program's op names, and a program from the persistent
+  # compilation cache may carry an older code's names (the cache key ignores them).
+  jax.config.update("jax_enable_compilation_cache", False)
   if args.workload == "demo":
     args.capacities = "fixed"  # the demo config's stage fractions
     step, info = demo_workload()
